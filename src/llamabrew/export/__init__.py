@@ -1,0 +1,212 @@
+"""Ship a tuned model to the CPU: merge adapters, export verified GGUF files (+ Ollama Modelfile), adapter
+GGUFs.
+
+``export_gguf(run_or_model, ["q8_0", "q4_k_m"], "out/model.gguf", eval_file="held_out.jsonl")`` loads the
+model as chat and eval do (base + adapter for a run directory), records torch's logits on a few prompts
+rendered with the trained template, merges the adapter in full precision, writes each GGUF, re-loads it in
+llama.cpp and compares tokens and logits. f16 / q8_0 files beyond `verify.BOUNDS` are refused (renamed
+``*.rejected``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llamabrew.cli_common import console
+from llamabrew.errors import LlamabrewError
+from llamabrew.export.gguf_writer import QUANTS, ChatInfo, check_quant, write_gguf
+from llamabrew.export.lora_gguf import export_adapter_gguf
+from llamabrew.export.merge import MergeReport, merge
+from llamabrew.export.modelfile import ModelfileResult, derive_parts, stop_strings, write_modelfile
+from llamabrew.export.verify import BOUNDS, AnswerScore, Check, VerificationError, verify_gguf
+
+__all__ = ["BOUNDS", "QUANTS", "AnswerScore", "Check", "ExportReport", "MergeReport", "QuantResult",
+           "VerificationError", "cached_gguf", "default_gguf_path", "export_adapter_gguf", "export_gguf",
+           "merge", "verify_gguf", "write_modelfile"]
+
+
+@dataclass
+class QuantResult:
+    quant: str
+    path: Path
+    size_bytes: int
+    seconds: float
+    check: Check | None = None
+    score: AnswerScore | None = None  # with an eval file: greedy answers of this GGUF
+    modelfile: ModelfileResult | None = None
+
+
+@dataclass
+class ExportReport:
+    source: str
+    template: str
+    results: list[QuantResult] = field(default_factory=list)
+    torch_score: AnswerScore | None = None  # with an eval file: the torch model on the same examples
+    warnings: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        """A side-by-side table: size, verification and (with an eval file) answer scores per file."""
+        def score(s: AnswerScore | None) -> str:
+            return f"{s.exact:6.1%} {s.contains:8.1%}" if s else f"{'-':>6} {'-':>8}"
+
+        out = [f"{'model':<7} {'MiB':>8} {'max|dlogit|':>11} {'x std':>6} {'top-1':>6} {'tokens':>6} "
+               f"{'exact':>6} {'contains':>8}  verdict"]
+        if self.torch_score:
+            out.append(f"{'torch':<7} {'':>8} {'':>11} {'':>6} {'':>6} {'':>6} {score(self.torch_score)}")
+        for r in self.results:
+            c = r.check
+            tokens = "same" if c and c.tokens_match else "DIFF"
+            checked = (f"{c.max_abs_diff:11.4g} {c.rel_diff:6.3f} {c.top1:6.1%} {tokens:>6}" if c
+                       else f"{'not verified':>32}")
+            verdict = "" if c is None else "refused" if not c.passed else "ok" if c.bound else "reported"
+            out.append(f"{r.quant:<7} {r.size_bytes / 2**20:8.1f} {checked} {score(r.score)}  {verdict}")
+        return out
+
+
+def _say(verbose: bool, text: str) -> None:
+    if verbose:
+        console.print(f"[dim]{text}[/]", highlight=False)
+
+
+def _is_run_dir(path: Path) -> bool:
+    return path.is_dir() and ((path / "recipe.yaml").is_file() or (path / "adapter_config.json").is_file())
+
+
+def default_gguf_path(model_or_run: str, quant: str) -> Path:
+    """``<run>/gguf/model-<quant>.gguf`` for a run directory, else a per-user cache."""
+    src = Path(model_or_run)
+    if _is_run_dir(src):
+        return src / "gguf" / f"model-{quant}.gguf"
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", str(src.resolve() if src.exists() else model_or_run)).strip("_")
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "llamabrew" / "gguf"
+    return cache / f"{safe[-80:]}-{quant}.gguf"
+
+
+def _out_paths(model_or_run: str, quants: list[str], out: str | Path | None) -> list[Path]:
+    if out is None:
+        return [default_gguf_path(model_or_run, q) for q in quants]
+    out = Path(out)
+    if out.suffix == ".gguf":
+        return [out] if len(quants) == 1 else [out.with_name(f"{out.stem}-{q}.gguf") for q in quants]
+    return [out / f"model-{q}.gguf" for q in quants]
+
+
+def _load(model_or_run: str, base: str | None, template: str | None,
+          trust_remote_code: bool) -> tuple[Any, ...]:
+    """(model, tokenizer, template) as chat and eval see them: base + adapter for a run directory."""
+    from llamabrew.data.templates import get_template
+    from llamabrew.models import load_for_inference
+    from llamabrew.recipe import read_saved_recipe
+
+    model, tokenizer = load_for_inference(model_or_run, base=base, trust_remote_code=trust_remote_code)
+    if template is None:
+        saved = read_saved_recipe(model_or_run)
+        template = saved.data.template if saved else "auto"
+    return model, tokenizer, get_template(template, tokenizer)
+
+
+def export_gguf(model_or_run: str | Path, quant: str | Sequence[str] = "q8_0", out: str | Path | None = None,
+                verify: bool = True, eval_file: str | Path | None = None, *, base: str | None = None,
+                template: str | None = None, threads: int | None = None, modelfile: bool = True,
+                eval_limit: int | None = 50, max_new_tokens: int = 64, trust_remote_code: bool = False,
+                verbose: bool = True) -> ExportReport:
+    """Export a run directory (base + adapter, or a full fine-tune) or a model directory / hub id to GGUF.
+
+    Several quant types share one load, one torch reference and one torch eval; with one type ``out`` is the
+    file name, with several ``model.gguf`` becomes ``model-<quant>.gguf``. Raises `VerificationError` (a
+    `LlamabrewError`) when an f16 / q8_0 file disagrees with torch beyond `BOUNDS`.
+    """
+    from llamabrew.export.gguf_tokenizer import build_vocab
+    from llamabrew.export.verify import reference_logits, score_torch
+    from llamabrew.models import set_threads
+
+    quants = [check_quant(q) for q in ([quant] if isinstance(quant, str) else list(quant))]
+    if not quants:
+        raise LlamabrewError("give at least one --quant")
+    if eval_file is not None and not verify:
+        raise LlamabrewError("--eval runs the GGUF in llama.cpp; it cannot be combined with --no-verify")
+    source, examples = str(model_or_run), None
+    paths = _out_paths(source, quants, out)
+    set_threads(threads)
+    _say(verbose, f"loading {source}")
+    model, tokenizer, tmpl = _load(source, base, template, trust_remote_code)
+    report = ExportReport(source, tmpl.name)
+    stops = tuple(tmpl.stop) or tuple(stop_strings(tmpl, derive_parts(tmpl, tokenizer)))
+    chat = ChatInfo(tmpl.jinja, tmpl.name, stops)
+    ref = reference_logits(model, tokenizer, tmpl) if verify else None
+    if eval_file is not None:
+        from llamabrew.data.formats import load_examples
+
+        examples = load_examples(eval_file)[:eval_limit]
+        _say(verbose, f"scoring the torch model on {len(examples)} examples of {eval_file}")
+        report.torch_score = score_torch(model, tokenizer, tmpl, examples, max_new_tokens)
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()  # in full precision; the reference above was taken before merging
+    vocab = build_vocab(tokenizer, model.config.vocab_size, chat.stop)
+    report.warnings += vocab.warnings
+    state, name = model.state_dict(), Path(source).name or source
+    for q, path in zip(quants, paths, strict=True):
+        t0 = time.monotonic()
+        _say(verbose, f"writing {path} ({q})")
+        write_gguf(state, model.config, vocab, chat, path, q, name=name, threads=threads)
+        result = QuantResult(q, path, path.stat().st_size, time.monotonic() - t0)
+        report.results.append(result)
+        if modelfile:
+            result.modelfile = write_modelfile(path, tmpl, tokenizer, model.config.max_position_embeddings)
+            if not result.modelfile.has_template:
+                report.warnings.append(f"{result.modelfile.path}: chat format not translatable to Ollama's "
+                                       "template language; Ollama will use the GGUF's own template")
+        if ref is not None:
+            _say(verbose, f"verifying {path.name} in llama.cpp")
+            result.check = _checked(path, verify_gguf(path, ref, q, threads))
+        if examples is not None:
+            _say(verbose, f"scoring {path.name} on {len(examples)} examples")
+            result.score = _score_gguf(path, tmpl, examples, max_new_tokens, threads)
+    return report
+
+
+def _checked(path: Path, check: Check) -> Check:
+    """Refuse a failed f16 / q8_0 file (or any whose tokenization differs): keep it as ``*.rejected``."""
+    from llamabrew.export.verify import enforce
+
+    if not check.passed and (check.bound is not None or not check.tokens_match):
+        rejected = path.with_name(path.name + ".rejected")
+        os.replace(path, rejected)
+        enforce(check, rejected)
+    return check
+
+
+def _score_gguf(path: Path, template: Any, examples: list[Any], max_new_tokens: int,
+                threads: int | None) -> AnswerScore:
+    from llamabrew.export.verify import score_engine
+    from llamabrew.serve.llamacpp import LlamaCppEngine
+
+    engine = LlamaCppEngine(path, threads=threads, template=template, announce=False)
+    try:
+        return score_engine(engine, examples, max_new_tokens)
+    finally:
+        engine.close()
+
+
+def _newest_mtime(folder: Path) -> float:
+    kinds = (".safetensors", ".bin", ".json", ".yaml")
+    files = [p for p in folder.iterdir() if p.is_file() and p.suffix in kinds]
+    return max((p.stat().st_mtime for p in files), default=0.0)
+
+
+def cached_gguf(model_or_run: str, quant: str = "q8_0", verify: bool = True,
+                threads: int | None = None) -> Path:
+    """A GGUF of ``model_or_run``, exported (and verified) on first use, re-exported when the run changes."""
+    path = default_gguf_path(model_or_run, check_quant(quant))
+    src = Path(model_or_run)
+    stale = src.is_dir() and path.is_file() and path.stat().st_mtime < _newest_mtime(src)
+    if not path.is_file() or stale:
+        console.print(f"[dim]exporting {model_or_run} to {path} for llama.cpp (once)[/]", highlight=False)
+        export_gguf(model_or_run, quant, path, verify=verify, threads=threads, verbose=False)
+    return path

@@ -1,0 +1,211 @@
+"""Check an exported GGUF against the torch model it came from: same tokens, same next-token logits.
+
+A GGUF can load and chat while being subtly wrong (a missed rotary permutation, a wrong pre-tokenizer, a lost
+chat template). So every export feeds the same prompts, rendered with the trained template, to torch and to
+llama.cpp and compares the token ids and the logits at every position.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from llamabrew.data.encode import encode_text
+from llamabrew.data.formats import Example
+from llamabrew.data.templates import Template
+from llamabrew.errors import LlamabrewError
+from llamabrew.evaluate.scores import contains_match, exact_match
+from llamabrew.serve.engines import Sampling, generate_text
+
+
+@dataclass(frozen=True)
+class Bound:
+    """``max_rel_diff``: max |logit difference| over all prompts, positions and tokens, divided by the
+    standard deviation of the torch logits (so one bound fits tiny and 7B models). ``min_top1``: share of
+    positions where both pick the same most likely next token (near-ties within 1e-3 std agree)."""
+
+    max_rel_diff: float
+    min_top1: float
+
+
+# Export is refused beyond these. f16 only rounds weights and activations to 11-bit mantissas: a tiny random
+# LLaMA shows ~0.003-0.01; 0.05 leaves room for long prompts. q8_0 also quantizes activations to 8 bits: ~0.05
+# to 0.17 on tiny random models; 0.35 leaves room for outlier logits while still catching broken conversions
+# (a missed q/k permutation or a wrong tokenizer gives > 1 and top-1 near chance). 4-bit types are reported
+# only: their cost is expected and shown (with --eval) rather than refused.
+BOUNDS: dict[str, Bound] = {"f16": Bound(0.05, 0.98), "q8_0": Bound(0.35, 0.90)}
+
+CHECK_PROMPTS = (
+    "What is the capital of France?",
+    "Write a haiku about rain.",
+    "Explain in one sentence what a CPU does.",
+    "List three colors, separated by commas.",
+    "Translate 'good morning' into Spanish.",
+)
+
+
+class VerificationError(LlamabrewError):
+    """The GGUF does not reproduce the torch model within the stated bounds."""
+
+
+@dataclass
+class Reference:
+    """Prompts as rendered text, their token ids, and torch's logits at every position."""
+
+    texts: list[str]
+    ids: list[list[int]]
+    logits: list[np.ndarray]
+
+
+def check_conversations(prompts: tuple[str, ...] = CHECK_PROMPTS) -> list[list[dict[str, str]]]:
+    """Single-turn prompts plus one two-turn chat, so an end-of-turn token in mid-prompt is checked too."""
+    convs = [[{"role": "user", "content": p}] for p in prompts]
+    convs.append(
+        [
+            {"role": "user", "content": prompts[0]},
+            {"role": "assistant", "content": "Paris is the capital of France."},
+            {"role": "user", "content": "And of Spain?"},
+        ]
+    )
+    return convs
+
+
+@torch.inference_mode()
+def reference_logits(
+    model: Any, tokenizer: Any, template: Template, prompts: tuple[str, ...] = CHECK_PROMPTS
+) -> Reference:
+    texts, ids, logits = [], [], []
+    for conv in check_conversations(prompts):
+        text = template.render(tokenizer, conv, add_generation_prompt=True)
+        tok = encode_text(tokenizer, text)
+        out = model(input_ids=torch.tensor([tok], device=model.device)).logits[0]
+        texts.append(text)
+        ids.append(tok)
+        logits.append(out.float().cpu().numpy())
+    return Reference(texts, ids, logits)
+
+
+@dataclass
+class Check:
+    quant: str
+    max_abs_diff: float
+    logit_std: float
+    top1: float
+    tokens_match: bool
+    positions: int
+
+    @property
+    def rel_diff(self) -> float:
+        return self.max_abs_diff / max(self.logit_std, 1e-12)
+
+    @property
+    def bound(self) -> Bound | None:
+        return BOUNDS.get(self.quant)
+
+    def problems(self) -> list[str]:
+        out = (
+            [] if self.tokens_match else ["llama.cpp tokenizes the prompts differently from the HF tokenizer"]
+        )
+        if b := self.bound:
+            if self.rel_diff > b.max_rel_diff:
+                out.append(
+                    f"max logit difference {self.max_abs_diff:.4g} is {self.rel_diff:.3f} x the logit std "
+                    f"(bound {b.max_rel_diff})"
+                )
+            if self.top1 < b.min_top1:
+                out.append(f"top-1 agreement {self.top1:.1%} (bound {b.min_top1:.0%})")
+        return out
+
+    @property
+    def passed(self) -> bool:
+        return not self.problems()
+
+    def summary(self) -> str:
+        verdict = "ok" if self.passed else "FAILED" if self.bound or not self.tokens_match else "reported"
+        return (
+            f"{self.quant}: max |Δlogit| {self.max_abs_diff:.4g} ({self.rel_diff:.3f} std), top-1 agreement "
+            f"{self.top1:.1%} over {self.positions} positions, tokenizer "
+            f"{'same' if self.tokens_match else 'DIFFERS'}"
+            f" -> {verdict}"
+        )
+
+
+def compare(engine: Any, ref: Reference, quant: str) -> Check:
+    """Compare a `LlamaCppEngine` opened with ``logits_all=True`` against the torch reference."""
+    tokens_match = all(engine.encode(t) == ids for t, ids in zip(ref.texts, ref.ids, strict=True))
+    max_diff, agree, n = 0.0, 0, 0
+    for ids, want in zip(ref.ids, ref.logits, strict=True):
+        got = engine.logits(ids)[:, : want.shape[1]]
+        max_diff = max(max_diff, float(np.abs(got - want).max()))
+        tol = 1e-3 * float(want.std())
+        picked = want[np.arange(len(ids)), got.argmax(-1)]
+        agree += int((picked >= want.max(-1) - tol).sum())
+        n += len(ids)
+    std = float(np.concatenate([w.ravel() for w in ref.logits]).std())
+    return Check(quant, max_diff, std, agree / max(n, 1), tokens_match, n)
+
+
+def verify_gguf(
+    path: str | Path, ref: Reference, quant: str, threads: int | None = None, lora: str | Path | None = None
+) -> Check:
+    """Load ``path`` in llama.cpp (with an optional LoRA GGUF on top) and compare it with ``ref``."""
+    from llamabrew.serve.llamacpp import LlamaCppEngine
+
+    ctx = max(len(i) for i in ref.ids) + 16
+    engine = LlamaCppEngine(path, threads=threads, ctx=ctx, lora=lora, logits_all=True, announce=False)
+    try:
+        return compare(engine, ref, quant)
+    finally:
+        engine.close()
+
+
+def enforce(check: Check, path: str | Path) -> None:
+    """Refuse an f16 / q8_0 export (or any with a tokenizer mismatch) that fails its bound."""
+    if (check.bound is not None or not check.tokens_match) and not check.passed:
+        raise VerificationError(
+            f"{path}: export verification failed: {'; '.join(check.problems())}. "
+            "Please report this with the model's config.json (or skip with --no-verify)."
+        )
+
+
+@dataclass
+class AnswerScore:
+    """Exact / contains match of greedy answers on an eval file, to show what each quant type costs."""
+
+    n: int
+    exact: float
+    contains: float
+
+
+def score_answers(answers: list[str], examples: list[Example]) -> AnswerScore:
+    n = len(examples)
+    exact = sum(exact_match(a, ex.output) for a, ex in zip(answers, examples, strict=True))
+    contains = sum(contains_match(a, ex.output) for a, ex in zip(answers, examples, strict=True))
+    return AnswerScore(n, exact / max(n, 1), contains / max(n, 1))
+
+
+def prompts_of(examples: list[Example]) -> list[list[dict[str, str]]]:
+    return [[m.as_dict() for m in ex.messages[:-1]] for ex in examples]
+
+
+def score_torch(model: Any, tokenizer: Any, template: Template, examples: list[Example],
+                max_new_tokens: int = 64, batch_size: int = 8) -> AnswerScore:
+    """Greedy answers of the torch model (batched), scored like `score_engine`'s."""
+    from llamabrew.serve.engines import TorchEngine
+
+    engine, prompts = TorchEngine(model, tokenizer, template), prompts_of(examples)
+    answers = [a for i in range(0, len(prompts), batch_size)
+               for a in engine.greedy_batch(prompts[i:i + batch_size], max_new_tokens)]
+    return score_answers([a.strip() for a in answers], examples)
+
+
+def score_engine(engine: Any, examples: list[Example], max_new_tokens: int = 64) -> AnswerScore:
+    """Greedy answers from any engine (llama.cpp here), one prompt at a time."""
+    greedy = Sampling(
+        max_new_tokens=max_new_tokens, temperature=0.0, top_p=1.0, top_k=0, repetition_penalty=1.0
+    )
+    return score_answers([generate_text(engine, p, greedy).strip() for p in prompts_of(examples)], examples)

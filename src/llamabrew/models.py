@@ -1,0 +1,121 @@
+"""Loading models and tokenizers through the standard `from_pretrained` path, and picking device/precision."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from llamabrew.errors import LlamabrewError
+
+
+def free_cores() -> int:
+    """CPU cores this process may use (oversubscribed threads collapse CPU throughput)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def set_threads(threads: int | None = None) -> int:
+    n = threads or free_cores()
+    torch.set_num_threads(n)
+    return n
+
+
+def pick_device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def pick_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """bf16 where the hardware supports it fast (CUDA), fp32 on CPU unless asked."""
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16
+    if precision == "fp16" or (precision == "auto" and device.type == "cuda"):
+        return torch.float16
+    return torch.float32
+
+
+def _hub_error(name: str, e: Exception) -> LlamabrewError:
+    hint = "" if Path(name).exists() else " (not a local directory; hub downloads need network access)"
+    return LlamabrewError(f"cannot load '{name}'{hint}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+
+
+def load_tokenizer(name_or_dir: str, trust_remote_code: bool = False) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(name_or_dir, trust_remote_code=trust_remote_code)
+    except Exception as e:
+        raise _hub_error(name_or_dir, e) from e
+    if tok.eos_token is None:
+        raise LlamabrewError(f"tokenizer of '{name_or_dir}' has no EOS token; cannot end answers")
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_causal_lm(
+    name_or_dir: str,
+    dtype: torch.dtype = torch.float32,
+    trust_remote_code: bool = False,
+    quantize_4bit: bool = False,
+) -> Any:
+    """Any Hugging Face causal LM; 4-bit NF4 (QLoRA) through bitsandbytes when asked and CUDA is there."""
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": trust_remote_code}
+    if quantize_4bit:
+        if not torch.cuda.is_available():
+            raise LlamabrewError("4-bit loading (QLoRA) needs a CUDA GPU and `pip install llamabrew[gpu]`")
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+        )
+        kwargs["device_map"] = {"": 0}
+    try:
+        return AutoModelForCausalLM.from_pretrained(name_or_dir, **kwargs)
+    except Exception as e:
+        raise _hub_error(name_or_dir, e) from e
+
+
+def is_adapter_dir(path: str | Path) -> bool:
+    return (Path(path) / "adapter_config.json").is_file()
+
+
+def adapter_base(path: str | Path) -> str:
+    """The base model an adapter directory was trained on."""
+    cfg = json.loads((Path(path) / "adapter_config.json").read_text())
+    base = cfg.get("base_model_name_or_path")
+    if not base:
+        raise LlamabrewError(f"{path}/adapter_config.json: field 'base_model_name_or_path': missing; pass --base")
+    return str(base)
+
+
+def load_for_inference(
+    model_or_run: str, base: str | None = None, adapter: str | None = None, trust_remote_code: bool = False
+) -> tuple[Any, Any]:
+    """(model, tokenizer) for a plain model dir/hub id, a run directory holding an adapter, or base + adapter."""
+    from peft import PeftModel
+
+    if adapter is None and is_adapter_dir(model_or_run):
+        adapter = model_or_run
+    if adapter is not None and not is_adapter_dir(adapter):
+        raise LlamabrewError(f"{adapter}: not a PEFT adapter directory (no adapter_config.json)")
+    base_name = base or (adapter_base(adapter) if adapter else model_or_run)
+    tok_source = adapter if adapter and (Path(adapter) / "tokenizer_config.json").is_file() else base_name
+    tokenizer = load_tokenizer(tok_source, trust_remote_code)
+    model = load_causal_lm(base_name, torch.float32, trust_remote_code)
+    if adapter:
+        model = PeftModel.from_pretrained(model, adapter)
+    model.eval()
+    return model, tokenizer

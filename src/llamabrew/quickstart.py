@@ -1,0 +1,117 @@
+"""`llamabrew quickstart`: the whole job offline, on a made-up world, through the public stage entry points.
+
+It is a miniature of the Alpaca finding: knowledge comes from pretraining, the answering format from a little
+instruction tuning. The held-out questions ask about people whose facts appeared only in the pretraining corpus.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.table import Table
+
+from llamabrew import evaluate, train
+from llamabrew.cli_common import console
+from llamabrew.data.formats import write_jsonl
+from llamabrew.io import atomic_write_text
+from llamabrew.recipe import DataConfig, LoraConfig, ModelConfig, OptimConfig, PretrainOptimConfig, PretrainRecipe, Recipe, save_recipe
+from llamabrew.serve.engines import GREEDY, generate_text, open_torch_engine
+from llamabrew.world import biographies, make_world, questions
+
+BIOS_PER_PERSON = 6
+
+
+@dataclass
+class QuickstartResult:
+    held_out_before: float
+    held_out_after: float
+    exact_after: float
+    artifacts: dict[str, Path] = field(default_factory=dict)
+    minutes: float = 0.0
+
+
+def sft_recipe(base: Path, train_file: Path, out: Path, seed: int) -> Recipe:
+    """The fine-tuning recipe quickstart uses: plain LoRA defaults, a small model's learning rate."""
+    return Recipe(
+        model=ModelConfig(base=str(base)),
+        data=DataConfig(train_files=[train_file], template="alpaca_short", cutoff_len=128, val_fraction=0.05),
+        lora=LoraConfig(r=16, alpha=32, dropout=0.05),
+        optim=OptimConfig(epochs=3, learning_rate=2e-3, micro_batch_size=16, grad_accum=1, warmup_ratio=0.05,
+                          seed=seed, max_minutes=3),
+        out=out,
+    )
+
+
+def run(out: Path, entities: int = 200, pretrain_minutes: float = 4.0, seed: int = 0) -> QuickstartResult:
+    started = time.monotonic()
+    out = Path(out)
+    people = make_world(entities, seed)
+    rng = random.Random(seed)
+    rng.shuffle(people)
+    tuned_on, held_out = people[: entities // 2], people[entities // 2 :]
+
+    console.rule("[bold]1/5 a made-up world, and a base model pretrained on it")
+    world_dir = out / "world"
+    corpus = world_dir / "corpus.txt"
+    atomic_write_text(corpus, "\n\n".join(biographies(people, BIOS_PER_PERSON, seed)) + "\n")
+    atomic_write_text(world_dir / "facts.json", json.dumps([p.__dict__ for p in people], indent=1))
+    console.print(f"{entities} people × {len(people[0].facts)} facts, each told {BIOS_PER_PERSON} ways → {corpus}")
+    base = train.pretrain(PretrainRecipe(
+        corpus=[corpus], out=out / "base",
+        optim=PretrainOptimConfig(max_minutes=pretrain_minutes, seed=seed),
+    ))
+
+    console.rule("[bold]2/5 instruction data about half of the people")
+    data_dir = out / "data"
+    train_file, held_file = data_dir / "train.json", data_dir / "held_out.jsonl"
+    atomic_write_text(train_file, json.dumps(questions(tuned_on, seed, per_fact=3), indent=1))
+    write_jsonl(held_file, questions(held_out, seed, per_fact=1))
+    console.print(f"train: questions about {len(tuned_on)} people → {train_file}\n"
+                  f"held out: questions about the other {len(held_out)} (seen only in pretraining) → {held_file}")
+
+    console.rule("[bold]3/5 LoRA fine-tuning")
+    recipe = sft_recipe(base, train_file, out / "sft", seed)
+    result = train.run(recipe)
+
+    console.rule("[bold]4/5 held-out questions, before and after tuning")
+    scores = evaluate.run(str(result.out), held_file, compare=True, max_new_tokens=32, batch_size=32)
+    assert scores.base is not None
+    write_jsonl(out / "held_out_answers.jsonl", scores.tuned.samples)
+
+    console.rule("[bold]5/5 chat demo")
+    engine = open_torch_engine(str(result.out))
+    for person in held_out[:3]:
+        q = questions([person], seed)[rng.randrange(len(person.facts))]
+        reply = generate_text(engine, [{"role": "user", "content": q["instruction"]}], GREEDY)
+        console.print(f"[bold]you>[/] {q['instruction']}\n[bold]bot>[/] {reply.strip()}   "
+                      f"[dim](truth: {q['output']})[/]", highlight=False)
+
+    res = QuickstartResult(scores.base.contains, scores.tuned.contains, scores.tuned.exact_match, {
+        "world corpus": corpus, "base model": base, "instruction data": train_file, "held-out questions": held_file,
+        "LoRA adapter": result.out, "loss curve": result.out / "loss.png",
+        "held-out answers": out / "held_out_answers.jsonl",
+    }, (time.monotonic() - started) / 60)
+    save_recipe(recipe, out)
+    _summary(res, scores.base, scores.tuned)
+    atomic_write_text(out / "summary.json", json.dumps({
+        "held_out_contains_before": res.held_out_before, "held_out_contains_after": res.held_out_after,
+        "held_out_exact_after": res.exact_after, "minutes": res.minutes,
+        "artifacts": {k: str(v) for k, v in res.artifacts.items()}}, indent=2))
+    return res
+
+
+def _summary(res: QuickstartResult, before: evaluate.EvalReport, after: evaluate.EvalReport) -> None:
+    table = Table(title=f"held-out questions ({after.n}) about people seen only in pretraining")
+    for col in ("model", "contains", "exact match", "loss"):
+        table.add_column(col)
+    table.add_row("base (before tuning)", f"{before.contains:.1%}", f"{before.exact_match:.1%}", f"{before.loss:.3f}")
+    table.add_row("base + LoRA (after)", f"{after.contains:.1%}", f"{after.exact_match:.1%}", f"{after.loss:.3f}")
+    console.print(table)
+    artifacts = Table(title=f"artifacts ({res.minutes:.1f} minutes in all)", show_header=False)
+    for name, path in res.artifacts.items():
+        artifacts.add_row(name, str(path))
+    console.print(artifacts)

@@ -1,0 +1,66 @@
+"""Say what a run will cost before it starts: parameters, tokens, steps, and time measured on this machine."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+
+import torch
+
+from llamabrew.cli_common import console
+from llamabrew.data.encode import Encoded
+from llamabrew.recipe import OptimConfig
+from llamabrew.train.loop import micro_batch_indices, steps_per_epoch, total_steps
+from llamabrew.train.loss import collate, loss_sum
+
+GPU_PRICE_ENV = "LLAMABREW_USD_PER_HOUR"  # what an hour of this machine costs, for the $ line of the plan
+
+
+def measure_step_seconds(model: torch.nn.Module, train: Sequence[Encoded], cfg: OptimConfig, pad_id: int,
+                         device: torch.device, repeats: int = 2) -> float:
+    """Time forward+backward of a typical micro-batch; leaves weights, gradients and RNG untouched."""
+    rng = torch.get_rng_state()
+    batch = collate([train[i] for i in micro_batch_indices(len(train), cfg, 0)], pad_id)
+    batch = {k: v.to(device) for k, v in batch.items()}
+    times = []
+    for _ in range(repeats):
+        t0 = time.monotonic()
+        loss_sum(model, batch).backward()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.monotonic() - t0)
+    model.zero_grad(set_to_none=True)
+    torch.set_rng_state(rng)
+    return min(times) * cfg.grad_accum
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(seconds)
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+def print_plan(model: torch.nn.Module, train: Sequence[Encoded], val: Sequence[Encoded], cfg: OptimConfig,
+               pad_id: int, device: torch.device, threads: int, what: str) -> float:
+    """Print the plan and return the estimated seconds."""
+    n_params = sum(p.numel() for p in model.parameters())
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    steps = total_steps(len(train), cfg)
+    epochs = steps / steps_per_epoch(len(train), cfg)
+    tokens = sum(len(e) for e in train)
+    est = measure_step_seconds(model, train, cfg, pad_id, device) * steps
+    if cfg.max_minutes:
+        est = min(est, cfg.max_minutes * 60)
+    cost = ""
+    if price := os.environ.get(GPU_PRICE_ENV):
+        cost = f", about ${float(price) * est / 3600:.2f} at ${float(price)}/h"
+    console.print(
+        f"[bold]plan[/] {what}: {n_params / 1e6:.2f}M parameters ({n_train / 1e6:.3f}M trainable) on {device.type}"
+        f" ({threads} threads) · {len(train)} train / {len(val)} validation examples · {tokens:,} tokens/epoch · "
+        f"{steps} steps ({epochs:.2f} epochs, {cfg.micro_batch_size}×{cfg.grad_accum} examples/step) · "
+        f"expected time {format_duration(est)}{cost}",
+        highlight=False,
+    )
+    return est

@@ -1,0 +1,204 @@
+"""Pretrain a small LLaMA-architecture base from scratch on raw text, sized for the corpus and the time given.
+
+Sizing rule: knowledge needs many exposures (Allen-Zhu & Li, "Physics of Language Models" 3.1/3.3), so the number
+of passes over the corpus is fixed (``optim.epochs``) and the time budget is spent on model size: the largest model
+on the shape ladder whose measured speed on this machine covers those passes in ``optim.max_minutes``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from llamabrew.cli_common import console
+from llamabrew.data.encode import Encoded
+from llamabrew.errors import InputError, LlamabrewError
+from llamabrew.io import atomic_write_text
+from llamabrew.models import pick_device, pick_dtype, set_threads
+from llamabrew.recipe import PretrainRecipe, save_recipe
+from llamabrew.train.checkpoint import list_checkpoints
+from llamabrew.train.loop import fit, steps_per_epoch
+from llamabrew.train.loss import collate, loss_sum
+from llamabrew.train.plan import format_duration
+from llamabrew.train.tokenizer import train_bpe_tokenizer
+
+# (hidden size, layers): a ladder of LLaMA shapes from ~0.1M to ~100M parameters (plus embeddings).
+SHAPES = [(64, 2), (96, 3), (128, 4), (160, 4), (192, 6), (256, 6), (320, 8), (384, 8), (512, 10), (640, 12),
+          (768, 12), (1024, 16)]
+TIME_MARGIN = 0.9  # plan for 90% of --max-minutes: validation, saving and start-up need the rest
+
+
+@dataclass
+class PretrainPlan:
+    hidden: int
+    layers: int
+    params: int
+    corpus_tokens: int
+    documents: int
+    epochs: float
+    steps: int
+    seconds_per_step: float
+
+    @property
+    def expected_seconds(self) -> float:
+        return self.steps * self.seconds_per_step
+
+
+def read_corpus(paths: list[Path]) -> list[str]:
+    """Documents from .txt files (paragraphs split by blank lines) or JSONL files (a 'text' field a line)."""
+    if not paths:
+        raise LlamabrewError("no corpus: pass --corpus FILE")
+    docs: list[str] = []
+    for path in paths:
+        if not Path(path).is_file():
+            raise InputError("no such file", file=path)
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise InputError(f"not valid UTF-8 (byte {e.start})", file=path) from None
+        if str(path).endswith((".jsonl", ".json")):
+            for n, line in enumerate(text.splitlines(), start=1):
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise InputError(f"invalid JSON: {e.msg}", file=path, line=n) from None
+                if not isinstance(rec, dict) or not isinstance(rec.get("text"), str):
+                    raise InputError("expected an object with a string", file=path, line=n, field="text")
+                docs.append(rec["text"])
+        else:
+            docs.extend(p.strip() for p in text.split("\n\n") if p.strip())
+    if not docs:
+        raise InputError("corpus is empty", file=paths[0])
+    return docs
+
+
+def llama_config(hidden: int, layers: int, tokenizer: Any, seq_len: int) -> Any:
+    from transformers import LlamaConfig
+
+    heads = max(2, hidden // 32)
+    return LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=int(hidden * 8 / 3) // 16 * 16,
+        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
+        max_position_embeddings=max(seq_len, 2048), tie_word_embeddings=True, rope_theta=10000.0,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def count_params(cfg: Any) -> int:
+    from transformers import LlamaForCausalLM
+
+    with torch.device("meta"):
+        return sum(p.numel() for p in LlamaForCausalLM(cfg).parameters())
+
+
+def encode_corpus(docs: list[str], tokenizer: Any, seq_len: int) -> list[Encoded]:
+    """Each document as ``BOS text EOS``, split into windows of ``seq_len`` (no packing: no cross-document mixing)."""
+    out = []
+    for ids in tokenizer(docs, add_special_tokens=True)["input_ids"]:
+        ids = [*ids, tokenizer.eos_token_id]
+        for i in range(0, len(ids), seq_len):
+            window = ids[i : i + seq_len]
+            if len(window) > 1:
+                out.append(Encoded(window, window))
+    return out
+
+
+def measure_seconds_per_step(cfg: Any, train: list[Encoded], recipe: PretrainRecipe, pad_id: int,
+                             device: torch.device) -> float:
+    """Time one optimizer step of a fresh model of this shape on a real micro-batch."""
+    from transformers import LlamaForCausalLM
+
+    rng = torch.get_rng_state()
+    model = LlamaForCausalLM(cfg).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    sample = random.Random(0).sample(train, min(len(train), recipe.optim.micro_batch_size))
+    batch = {k: v.to(device) for k, v in collate(sample, pad_id).items()}
+    times = []
+    for _ in range(6):  # the first step pays one-time set-up costs; it is not counted
+        t0 = time.monotonic()
+        loss_sum(model, batch).backward()
+        opt.step()
+        opt.zero_grad()
+        times.append(time.monotonic() - t0)
+    torch.set_rng_state(rng)
+    return sorted(times[1:])[2] * recipe.optim.grad_accum  # median: robust to a busy machine
+
+
+def plan_model(train: list[Encoded], tokenizer: Any, recipe: PretrainRecipe, device: torch.device) -> PretrainPlan:
+    """Choose the shape (or honour --params) and the number of steps that fit the time budget."""
+    optim = recipe.optim
+    budget = (optim.max_minutes or 60.0) * 60 * TIME_MARGIN
+    per_epoch = steps_per_epoch(len(train), optim)
+    wanted_steps = optim.max_steps or math.ceil(optim.epochs * per_epoch)
+    candidates = [(h, n, llama_config(h, n, tokenizer, recipe.seq_len)) for h, n in SHAPES]
+    if recipe.params:
+        candidates = [min(candidates, key=lambda c: abs(math.log(count_params(c[2]) / recipe.params)))]
+    chosen = None
+    for hidden, layers, cfg in candidates:
+        sps = measure_seconds_per_step(cfg, train, recipe, tokenizer.pad_token_id, device)
+        console.print(f"[dim]  size probe: hidden {hidden}, {layers} layers → {sps * 1000:.0f} ms/step[/]",
+                      highlight=False)
+        if chosen is not None and sps * wanted_steps > budget:
+            break
+        chosen = (hidden, layers, cfg, sps)
+    assert chosen is not None
+    hidden, layers, cfg, sps = chosen
+    steps = max(1, min(wanted_steps, int(budget / sps)))
+    return PretrainPlan(hidden, layers, count_params(cfg), sum(len(e) for e in train), len(train),
+                        steps / per_epoch, steps, sps)
+
+
+def run(recipe: PretrainRecipe) -> Path:
+    """Pretrain and save a standard HF model directory (config, safetensors, tokenizer) to ``recipe.out``."""
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    out = Path(recipe.out)
+    if list_checkpoints(out / "checkpoints") and not recipe.resume:
+        raise LlamabrewError(f"{out} already holds checkpoints: pass --resume to continue, or choose another --out")
+    threads = set_threads(recipe.optim.threads)
+    docs = read_corpus(recipe.corpus)
+    if recipe.resume and (out / "tokenizer.json").is_file():
+        tokenizer = AutoTokenizer.from_pretrained(out)
+    else:
+        tokenizer = train_bpe_tokenizer(docs, recipe.vocab_size)
+        tokenizer.save_pretrained(out)
+    order = list(range(len(docs)))
+    random.Random(recipe.optim.seed).shuffle(order)
+    n_val = min(200, int(len(docs) * recipe.val_fraction))
+    val = encode_corpus([docs[i] for i in order[:n_val]], tokenizer, recipe.seq_len)
+    train = encode_corpus([docs[i] for i in order[n_val:]], tokenizer, recipe.seq_len)
+    device = pick_device()
+    plan = plan_model(train, tokenizer, recipe, device)
+    console.print(
+        f"[bold]plan[/] pretraining: LLaMA {plan.params / 1e6:.2f}M parameters (hidden {plan.hidden}, "
+        f"{plan.layers} layers) on {device.type} ({threads} threads) · corpus {len(docs)} documents, "
+        f"{plan.corpus_tokens:,} tokens, vocab {len(tokenizer)} · {plan.steps} steps = {plan.epochs:.1f} epochs · "
+        f"expected time {format_duration(plan.expected_seconds)}", highlight=False)
+    if plan.epochs < recipe.optim.epochs * 0.99:
+        console.print(f"[yellow]the time budget covers {plan.epochs:.1f} of the {recipe.optim.epochs:g} epochs asked "
+                      "for even at the smallest size; raise --max-minutes for better recall[/]")
+    torch.manual_seed(recipe.optim.seed)
+    model = LlamaForCausalLM(llama_config(plan.hidden, plan.layers, tokenizer, recipe.seq_len)).to(device)
+    optim = recipe.optim.model_copy(update={"max_steps": plan.steps})
+    out.mkdir(parents=True, exist_ok=True)
+    save_recipe(recipe, out)
+    atomic_write_text(out / "pretrain_plan.json", json.dumps(asdict(plan), indent=2))
+    dtype = pick_dtype(recipe.optim.precision, device)
+    result = fit(model, train, val, optim, out, pad_id=tokenizer.pad_token_id, device=device, dtype=dtype,
+                 resume=recipe.resume, description="pretraining")
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    atomic_write_text(out / "train_summary.json", json.dumps(
+        {"steps": result.steps, "train_loss": result.train_loss, "val_loss": result.val_loss,
+         "stopped_early": result.stopped_early, "elapsed_s": result.elapsed_s, "params": plan.params}, indent=2))
+    return out

@@ -1,0 +1,132 @@
+"""Supervised fine-tuning (LoRA or full) of any Hugging Face causal LM on instruction data."""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from llamabrew.cli_common import console
+from llamabrew.data.encode import EncodeReport, Encoded, encode_examples
+from llamabrew.data.formats import Example, find_duplicates, load_examples
+from llamabrew.data.templates import Template, get_template
+from llamabrew.errors import LlamabrewError
+from llamabrew.io import atomic_write_text
+from llamabrew.models import load_causal_lm, load_tokenizer, pick_device, pick_dtype, set_threads
+from llamabrew.progress import progress_bar
+from llamabrew.recipe import Recipe, save_recipe
+from llamabrew.train.checkpoint import list_checkpoints
+from llamabrew.train.loop import FitResult, fit
+from llamabrew.train.plan import print_plan
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    train_examples: int
+    val_examples: int
+    steps: int
+    train_loss: float | None
+    val_loss: float | None
+    stopped_early: bool
+    elapsed_s: float
+
+
+def split_validation(examples: list[Example], recipe: Recipe) -> tuple[list[Example], list[Example]]:
+    """Held-out files if given, else a seeded random split of the training data."""
+    data = recipe.data
+    if data.val_files:
+        return examples, [ex for f in data.val_files for ex in load_examples(f)]
+    n_val = min(data.val_max, round(len(examples) * data.val_fraction))
+    if n_val == 0 or len(examples) - n_val < 1:
+        return examples, []
+    order = list(range(len(examples)))
+    random.Random(recipe.optim.seed).shuffle(order)
+    val_idx = set(order[:n_val])
+    return [e for i, e in enumerate(examples) if i not in val_idx], [examples[i] for i in sorted(val_idx)]
+
+
+def load_training_data(recipe: Recipe) -> list[Example]:
+    if not recipe.data.train_files:
+        raise LlamabrewError("no training data: pass --data FILE (or data.train_files in the recipe)")
+    examples = [ex for f in recipe.data.train_files for ex in load_examples(f)]
+    dups = find_duplicates(examples)
+    if dups:
+        shown = ", ".join(f"{d} = {f}" for d, f in dups[:3])
+        action = "dropped" if recipe.data.drop_duplicates else "kept (--drop-duplicates to remove)"
+        console.print(f"[yellow]{len(dups)} exact duplicate example(s) {action}:[/] {shown}"
+                      + (" ..." if len(dups) > 3 else ""), highlight=False)
+        if recipe.data.drop_duplicates:
+            dup_sources = {d for d, _ in dups}
+            examples = [e for e in examples if e.source not in dup_sources]
+    return examples
+
+
+def encode_split(name: str, examples: list[Example], tokenizer: Any, template: Template,
+                 recipe: Recipe) -> tuple[list[Encoded], EncodeReport]:
+    with progress_bar(transient=True) as bar:
+        task = bar.add_task(f"tokenizing {name}", total=len(examples), unit="ex", info="")
+        encoded, report = encode_examples(
+            examples, tokenizer, template, recipe.data.cutoff_len, recipe.data.overlong,
+            recipe.data.train_on_inputs, progress=lambda: bar.advance(task),
+        )
+    over = report.truncated + report.dropped + report.no_target
+    if over:
+        console.print(f"{name}: {over} example(s) longer than cutoff {recipe.data.cutoff_len} tokens: "
+                      f"{report.truncated} truncated, {report.dropped} dropped, "
+                      f"{report.no_target} dropped with no response left", highlight=False)
+    return encoded, report
+
+
+def attach_lora(model: Any, recipe: Recipe) -> Any:
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if recipe.model.quantize_4bit:
+        model = prepare_model_for_kbit_training(model)
+    cfg = LoraConfig(
+        r=recipe.lora.r, lora_alpha=recipe.lora.alpha, lora_dropout=recipe.lora.dropout,
+        target_modules=recipe.lora.target_modules, task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, cfg)
+
+
+def run(recipe: Recipe) -> TrainResult:
+    """Fine-tune ``recipe.model.base`` on ``recipe.data``; write the adapter (or model) to ``recipe.out``."""
+    if not recipe.model.base:
+        raise LlamabrewError("no base model: pass --base (hub id or local directory)")
+    out = Path(recipe.out)
+    if list_checkpoints(out / "checkpoints") and not recipe.resume:
+        raise LlamabrewError(f"{out} already holds checkpoints: pass --resume to continue, or choose another --out")
+    threads = set_threads(recipe.optim.threads)
+    tokenizer = load_tokenizer(recipe.model.base, recipe.model.trust_remote_code)
+    template = get_template(recipe.data.template, tokenizer)
+    train_ex, val_ex = split_validation(load_training_data(recipe), recipe)
+    train, _ = encode_split("train", train_ex, tokenizer, template, recipe)
+    val, _ = encode_split("validation", val_ex, tokenizer, template, recipe) if val_ex else ([], None)
+    if not train:
+        raise LlamabrewError("no training examples left after applying the cutoff")
+    device = pick_device()
+    dtype = pick_dtype(recipe.optim.precision, device)
+    torch.manual_seed(recipe.optim.seed)
+    model = load_causal_lm(recipe.model.base, torch.float32 if device.type == "cpu" else dtype,
+                           recipe.model.trust_remote_code, recipe.model.quantize_4bit)
+    if recipe.method == "lora":
+        model = attach_lora(model, recipe)
+    if not recipe.model.quantize_4bit:
+        model.to(device)
+    print_plan(model, train, val, recipe.optim, tokenizer.pad_token_id, device, threads, what=recipe.method)
+    out.mkdir(parents=True, exist_ok=True)
+    save_recipe(recipe, out)
+    result: FitResult = fit(model, train, val, recipe.optim, out, pad_id=tokenizer.pad_token_id, device=device,
+                            dtype=dtype, resume=recipe.resume, description=f"{recipe.method} fine-tuning")
+    tokenizer.chat_template = template.jinja  # the trained format travels with the run (chat, export, vLLM)
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    summary = TrainResult(out, len(train), len(val), result.steps, result.train_loss, result.val_loss,
+                          result.stopped_early, result.elapsed_s)
+    atomic_write_text(out / "train_summary.json", json.dumps(asdict(summary), default=str, indent=2))
+    return summary

@@ -1,0 +1,226 @@
+"""GGUF export: file contents read back with gguf.GGUFReader, llama.cpp logits vs torch, other
+archs/tokenizers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("llama_cpp")
+
+from gguf import GGMLQuantizationType, GGUFReader  # noqa: E402
+
+from llamabrew.data.templates import get_template  # noqa: E402
+from llamabrew.errors import LlamabrewError  # noqa: E402
+from llamabrew.export import BOUNDS, VerificationError, export_gguf  # noqa: E402
+
+
+def field(reader: GGUFReader, key: str):
+    return reader.fields[key].contents()
+
+
+def by_quant(report, quant: str):
+    return next(r for r in report.results if r.quant == quant)
+
+
+def test_every_quant_is_written_and_verified(exported) -> None:
+    assert [r.quant for r in exported.results] == ["f16", "q8_0", "q4_0", "q4_k_m"]
+    for r in exported.results:
+        assert r.path.is_file() and r.check is not None and r.check.tokens_match, r.check.summary()
+        assert r.modelfile is not None and r.modelfile.path.is_file()
+    for quant, bound in BOUNDS.items():
+        check = by_quant(exported, quant).check
+        assert check.passed, check.summary()
+        assert check.rel_diff <= bound.max_rel_diff and check.top1 >= bound.min_top1
+    f16, q4 = by_quant(exported, "f16").check, by_quant(exported, "q4_0").check
+    assert f16.max_abs_diff < q4.max_abs_diff  # the 4-bit cost is visible in the report
+    sizes = [r.size_bytes for r in exported.results]
+    assert sizes[0] > sizes[1] > sizes[2]  # f16 > q8_0 > q4_0
+
+
+def test_gguf_metadata_and_tensors_read_back(exported, lora_run: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(lora_run)
+    reader = GGUFReader(by_quant(exported, "f16").path)
+    assert field(reader, "general.architecture") == "llama"
+    assert field(reader, "tokenizer.ggml.model") == "gpt2" and field(reader, "tokenizer.ggml.pre") == "gpt-2"
+    assert field(reader, "tokenizer.chat_template") == get_template("chatml").jinja
+    assert field(reader, "tokenizer.ggml.bos_token_id") == tok.bos_token_id
+    assert field(reader, "tokenizer.ggml.eos_token_id") == tok.eos_token_id
+    assert field(reader, "tokenizer.ggml.add_bos_token") is True
+    assert field(reader, "llamabrew.stop") == ["<|im_end|>", "<|im_start|>"]
+    assert len(field(reader, "tokenizer.ggml.tokens")) == field(reader, "llama.vocab_size") == len(tok)
+    assert (
+        field(reader, "llama.attention.head_count") == 4
+        and field(reader, "llama.attention.head_count_kv") == 2
+    )
+    tensors = {t.name: t for t in reader.tensors}
+    assert len(tensors) == 3 + 9 * 2  # embeddings, output norm, output + 9 per block
+    assert list(tensors["token_embd.weight"].shape) == [32, len(tok)]  # ggml order: [row length, rows]
+    assert list(tensors["blk.0.attn_k.weight"].shape) == [32, 16]  # 2 KV heads x 8
+    assert list(tensors["blk.1.ffn_down.weight"].shape) == [64, 32]
+    assert tensors["blk.0.attn_q.weight"].tensor_type == GGMLQuantizationType.F16
+    assert tensors["blk.0.attn_norm.weight"].tensor_type == GGMLQuantizationType.F32
+    q4 = {t.name: t.tensor_type for t in GGUFReader(by_quant(exported, "q4_0").path).tensors}
+    assert q4["blk.0.ffn_up.weight"] == GGMLQuantizationType.Q4_0
+    assert q4["output.weight"] == GGMLQuantizationType.Q8_0
+
+
+def test_broken_conversion_is_refused(
+    lora_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without LLaMA's q/k permutation the model loads and runs, but wrongly: verification must refuse it."""
+    import llamabrew.export.gguf_writer as writer
+
+    monkeypatch.setattr(writer, "_permute", lambda w, n_head: w)
+    with pytest.raises(VerificationError, match="verification failed"):
+        export_gguf(lora_run, "f16", tmp_path / "bad.gguf", verbose=False, modelfile=False)
+    assert not (tmp_path / "bad.gguf").exists() and (tmp_path / "bad.gguf.rejected").is_file()
+
+
+def _save(model, tok, out: Path) -> Path:
+    model.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    return out
+
+
+def test_qwen2_with_biases_and_tied_embeddings(tiny_model_dir: Path, tmp_path: Path) -> None:
+    import torch
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(
+        Qwen2Config(  # embedding rows padded past the tokenizer, as Qwen's are
+            vocab_size=len(tok) + 20,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            tie_word_embeddings=True,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+        )
+    )
+    with torch.no_grad():  # non-zero q/k/v biases, so a dropped or misplaced bias shows in the logits
+        for layer in model.model.layers:
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                proj.bias.normal_(0, 0.5)
+    report = export_gguf(
+        _save(model, tok, tmp_path / "qwen"), "q8_0", tmp_path / "qwen.gguf", verbose=False, template="alpaca"
+    )
+    check = report.results[0].check
+    assert check.passed, check.summary()
+    tensors = {t.name for t in GGUFReader(tmp_path / "qwen.gguf").tensors}
+    assert (
+        "blk.0.attn_q.bias" in tensors and "output.weight" not in tensors
+    )  # tied: llama.cpp reuses token_embd
+    reader = GGUFReader(tmp_path / "qwen.gguf")
+    assert field(reader, "general.architecture") == "qwen2"
+    assert field(reader, "tokenizer.ggml.tokens")[-1] == f"[PAD{len(tok) + 19}]"
+    assert field(reader, "tokenizer.ggml.token_type")[-1] == 5  # unused
+
+
+def test_mistral_with_sentencepiece_tokenizer(tmp_path: Path) -> None:
+    """A SentencePiece BPE (byte fallback) tokenizer becomes a 'llama' vocab llama.cpp tokenizes alike."""
+    import json
+
+    import sentencepiece as spm
+    import torch
+    from transformers import LlamaTokenizer, MistralConfig, MistralForCausalLM
+
+    seeds = Path(__file__).resolve().parents[3] / "shared" / "data" / "self_instruct_seed_tasks.jsonl"
+    if not seeds.is_file():
+        pytest.skip("needs ../shared/data for a SentencePiece training corpus")
+    lines = [json.loads(line)["instruction"] for line in seeds.read_text().splitlines() if line.strip()]
+    (tmp_path / "tok").mkdir()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines),
+        model_prefix=str(tmp_path / "tok" / "tokenizer"),
+        vocab_size=600,
+        model_type="bpe",
+        byte_fallback=True,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        minloglevel=2,
+    )
+    tok = LlamaTokenizer.from_pretrained(tmp_path / "tok")
+    torch.manual_seed(0)
+    model = MistralForCausalLM(
+        MistralConfig(
+            vocab_size=len(tok),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            bos_token_id=1,
+            eos_token_id=2,
+        )
+    )
+    src = _save(model, tok, tmp_path / "mistral")
+    report = export_gguf(src, "f16", tmp_path / "m.gguf", template="alpaca", verbose=False, modelfile=False)
+    check = report.results[0].check
+    assert check.tokens_match and check.passed, check.summary()
+    reader = GGUFReader(tmp_path / "m.gguf")
+    assert field(reader, "tokenizer.ggml.model") == "llama"
+    assert field(reader, "general.architecture") == "llama"  # llama.cpp runs Mistral as LLaMA
+    types = field(reader, "tokenizer.ggml.token_type")
+    assert types[tok.convert_tokens_to_ids("<0x0A>")] == 6 and types[0] == 2  # byte and unknown tokens
+
+
+def test_not_a_gguf_and_truncated_files_give_clear_errors(exported, tmp_path: Path) -> None:
+    from llamabrew.serve.llamacpp import LlamaCppEngine, read_gguf_info
+
+    data = by_quant(exported, "q8_0").path.read_bytes()
+    (tmp_path / "cut.gguf").write_bytes(data[: len(data) // 2])
+    (tmp_path / "noise.gguf").write_bytes(np.random.default_rng(0).bytes(4096))
+    (tmp_path / "empty.gguf").write_bytes(b"")
+    for name in ("cut", "noise", "empty"):
+        with pytest.raises(LlamabrewError, match="GGUF"):
+            read_gguf_info(tmp_path / f"{name}.gguf")
+        with pytest.raises(LlamabrewError):
+            LlamaCppEngine(tmp_path / f"{name}.gguf", announce=False)
+
+
+def test_unknown_quant_and_architecture_are_refused(lora_run: Path, tmp_path: Path) -> None:
+    from transformers import GPT2Config
+
+    from llamabrew.export.gguf_writer import arch_of
+
+    with pytest.raises(LlamabrewError, match="unknown quant type 'q3_k'"):
+        export_gguf(lora_run, "q3_k", tmp_path / "x.gguf", verbose=False)
+    with pytest.raises(LlamabrewError, match="supports llama, mistral, qwen2"):
+        arch_of(GPT2Config())
+
+
+def test_llama3_rope_scaling(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Llama 3.x long-context rope: the per-frequency factors go into `rope_freqs` and llama.cpp matches torch."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, max_position_embeddings=512, rope_parameters=rope,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id))
+    with torch.no_grad():  # peaked attention, so positions (and a wrong rope) change the logits a lot
+        for layer in model.model.layers:
+            layer.self_attn.q_proj.weight.mul_(8)
+            layer.self_attn.k_proj.weight.mul_(8)
+    report = export_gguf(_save(model, tok, tmp_path / "l3"), "f16", tmp_path / "l3.gguf", template="alpaca",
+                         verbose=False, modelfile=False)
+    assert report.results[0].check.passed, report.results[0].check.summary()
+    factors = next(t for t in GGUFReader(tmp_path / "l3.gguf").tensors if t.name == "rope_freqs.weight")
+    assert 1.0 < float(np.max(factors.data)) <= 8.0  # some frequencies really are scaled
