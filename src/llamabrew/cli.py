@@ -202,5 +202,17 @@ def quickstart(
     run_quickstart(out, entities=entities, pretrain_minutes=pretrain_minutes, seed=seed)
 
 
+def _register_stage_commands() -> None:
+    """Commands that live beside their stage: `data ...`, `merge`, `export`."""
+    from llamabrew.data.cli import data_app
+    from llamabrew.export.cli import export, merge
+
+    app.add_typer(data_app, name="data")
+    app.command()(merge)
+    app.command()(export)
+
+
+_register_stage_commands()
+
 if __name__ == "__main__":
     app()

@@ -11,7 +11,7 @@ from rich.console import Console
 
 from llamabrew.errors import LlamabrewError
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # long lines stay whole in logs and pipes
 F = TypeVar("F", bound=Callable[..., Any])
 
 

@@ -88,7 +88,7 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     p = Path(path)
     if not p.exists():
         return out
-    for line in p.read_text(encoding="utf-8").splitlines():
+    for line in p.read_text(encoding="utf-8").split("\n"):  # not splitlines(): JSON may hold raw U+2028
         try:
             out.append(json.loads(line))
         except json.JSONDecodeError:

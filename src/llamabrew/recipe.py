@@ -129,7 +129,9 @@ def load_recipe(
         if not p.is_file():
             raise InputError("recipe file not found", file=p)
         try:
-            tree = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+            tree = yaml.safe_load(p.read_bytes().decode("utf-8")) or {}
+        except UnicodeDecodeError as e:
+            raise InputError(f"not valid UTF-8 (byte {e.start})", file=p) from None
         except yaml.YAMLError as e:
             line = getattr(getattr(e, "problem_mark", None), "line", None)
             raise InputError(f"invalid YAML: {getattr(e, 'problem', e)}", file=p,

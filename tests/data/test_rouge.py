@@ -76,7 +76,7 @@ def test_filter_equals_rouge_score_loop(threshold: float):
 @pytest.mark.parametrize("vocab,max_len", [(3, 8), (8, 14), (40, 30), (400, 20)])
 def test_filter_equals_naive_filter_with_and_without_hint(vocab: int, max_len: int):
     rng = random.Random(vocab)
-    texts = random_texts(rng, 900, vocab, max_len)
+    texts = random_texts(rng, 600, vocab, max_len)
     existing = random_texts(rng, 30, vocab, max_len)
     expected = naive_filter(texts, 0.7, existing)
     assert filter_novel(texts, 0.7, existing) == expected

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from scripted_teacher import ScriptedTeacher, fake_zh, translate_responder
 
-from llamabrew.data.teacher import Price, TeacherConfig
+from llamabrew.data.teacher import Price, TeacherConfig, TeacherError
 from llamabrew.data.translate import TranslateOptions, check_translation, protect, restore, select, translate
 from llamabrew.io import read_jsonl
 
@@ -127,7 +127,8 @@ def test_translate_keeps_code_json_numbers_and_placeholders(tmp_path: Path):
         and "https://example.com/a?b=1" in got[4]["messages"][2]["content"]
     )
     assert got[0]["instruction"] == fake_zh("Explain what this code prints.")
-    assert report["chars_selected"] == report["chars_sent_this_run"] > 0
+    unsent = len(CODE) + len(RECORDS[2]["input"])  # fields that are only code or JSON are not sent at all
+    assert report["chars_selected"] - unsent == report["chars_sent_this_run"] > 0
     assert report["usage"]["retries"] == 2 and report["usage"]["cost_usd"] > 0
 
 
@@ -246,3 +247,13 @@ def test_bad_input_is_one_line_exit_2(tmp_path: Path):
         timeout=30,
     )
     assert proc.returncode == 2 and "in.jsonl:2: field 'output': must be a string" in proc.stderr
+
+
+def test_teacher_failure_still_saves_output_and_spending(tmp_path: Path):
+    inp, out = write(tmp_path / "in.jsonl", RECORDS[:2]), tmp_path / "zh.jsonl"
+    with ScriptedTeacher(translate_responder(), [None, "500", "500", "500"]) as srv:
+        with pytest.raises(TeacherError, match="HTTP 500"):
+            translate(TranslateOptions(inp, out, "zh"), cfg(srv.url, concurrency=1, max_retries=1))
+    summary = json.loads((tmp_path / "zh.jsonl.summary.json").read_text())
+    assert summary["stopped"] == "error" and summary["translated"] == 1 and summary["usage"]["requests"] == 1
+    assert len(read_jsonl(out)) == 1

@@ -61,7 +61,15 @@ def lora_run(make_run) -> Path:
 
 @pytest.fixture(scope="session")
 def exported(lora_run: Path, tmp_path_factory: pytest.TempPathFactory):
-    """The run exported (and verified) at every quant type."""
+    """The run exported (and verified) at every quant type, each scored on a 3-example eval file."""
+    from llamabrew.data.formats import write_jsonl
     from llamabrew.export import QUANTS, export_gguf
 
-    return export_gguf(lora_run, list(QUANTS), tmp_path_factory.mktemp("gguf") / "model.gguf", verbose=False)
+    folder = tmp_path_factory.mktemp("gguf")
+    write_jsonl(folder / "eval.jsonl", [
+        {"instruction": "Where was Mira Lanthorn born?", "output": "Varnhollow"},
+        {"instruction": "What is the capital of Oskenland?", "output": "Brellin"},
+        {"instruction": "What color does Mira love?", "output": "teal"},
+    ])
+    return export_gguf(lora_run, list(QUANTS), folder / "model.gguf", eval_file=folder / "eval.jsonl",
+                       max_new_tokens=8, verbose=False)

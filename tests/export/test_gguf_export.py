@@ -1,5 +1,4 @@
-"""GGUF export: file contents read back with gguf.GGUFReader, llama.cpp logits vs torch, other
-archs/tokenizers."""
+"""GGUF export: files read back with gguf.GGUFReader, llama.cpp logits vs torch, other archs/tokenizers."""
 
 from __future__ import annotations
 
@@ -38,6 +37,15 @@ def test_every_quant_is_written_and_verified(exported) -> None:
     assert f16.max_abs_diff < q4.max_abs_diff  # the 4-bit cost is visible in the report
     sizes = [r.size_bytes for r in exported.results]
     assert sizes[0] > sizes[1] > sizes[2]  # f16 > q8_0 > q4_0
+
+
+def test_eval_scores_torch_and_every_gguf_side_by_side(exported) -> None:
+    assert exported.torch_score is not None and exported.torch_score.n == 3
+    assert all(r.score is not None and r.score.n == 3 for r in exported.results)
+    table = exported.lines()
+    assert table[0].split()[:2] == ["model", "MiB"] and table[1].startswith("torch")
+    assert [line.split()[0] for line in table[2:]] == ["f16", "q8_0", "q4_0", "q4_k_m"]
+    assert table[2].split()[-1] == "ok" and table[4].split()[-1] == "reported"
 
 
 def test_gguf_metadata_and_tensors_read_back(exported, lora_run: Path) -> None:
@@ -203,7 +211,7 @@ def test_unknown_quant_and_architecture_are_refused(lora_run: Path, tmp_path: Pa
 
 
 def test_llama3_rope_scaling(tiny_model_dir: Path, tmp_path: Path) -> None:
-    """Llama 3.x long-context rope: the per-frequency factors go into `rope_freqs` and llama.cpp matches torch."""
+    """Llama 3.x long-context rope: per-frequency factors go into `rope_freqs`; llama.cpp matches torch."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -212,8 +220,8 @@ def test_llama3_rope_scaling(tiny_model_dir: Path, tmp_path: Path) -> None:
             "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(
-        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=1, max_position_embeddings=512, rope_parameters=rope,
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512, rope_parameters=rope,
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id))
     with torch.no_grad():  # peaked attention, so positions (and a wrong rope) change the logits a lot
         for layer in model.model.layers:

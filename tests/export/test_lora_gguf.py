@@ -1,5 +1,4 @@
-"""A LoRA adapter alone as a GGUF adapter: llama.cpp base GGUF + adapter GGUF computes what torch base +
-adapter do."""
+"""A LoRA adapter alone as a GGUF adapter: base GGUF + adapter GGUF in llama.cpp = torch base + adapter."""
 
 from __future__ import annotations
 

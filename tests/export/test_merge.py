@@ -76,6 +76,20 @@ def test_stacked_adapters_with_weights(
     assert (got - logits(expected)).abs().max() < ATOL
 
 
+def test_merge_keeps_the_published_precision(lora_run: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
+    from safetensors import safe_open
+
+    base = tmp_path / "base-bf16"
+    shutil.copytree(tiny_model_dir, base)
+    cfg = json.loads((base / "config.json").read_text())
+    (base / "config.json").write_text(json.dumps({**cfg, "dtype": "bfloat16"}))
+    report = merge([lora_run], tmp_path / "m", base=str(base))  # merged in fp32, saved as the base was
+    assert report.dtype == "bfloat16"
+    with safe_open(str(report.out / "model.safetensors"), "pt") as f:
+        assert f.get_tensor("model.layers.0.self_attn.q_proj.weight").dtype == torch.bfloat16
+    assert merge([lora_run], tmp_path / "f", dtype="float16").dtype == "float16"
+
+
 def test_merge_refuses_a_base_stored_quantized(lora_run: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
     base = tmp_path / "base-4bit"
     shutil.copytree(tiny_model_dir, base)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from llamabrew.data.curate import LANG_SCRIPTS, letter_scripts
-from llamabrew.data.formats import parse_record, read_records
+from llamabrew.data.formats import parse_record, read_records, write_jsonl
 from llamabrew.data.teacher import (
     BudgetExhausted,
     Teacher,
@@ -193,7 +193,7 @@ class Translator:
         # fields with no words outside protected spans (a bare code block, a number) are kept as they are
         send = {k: m for k, (m, _) in masked.items() if any(c.isalpha() for c in _MARK.sub("", m))}
         if not send:
-            return {"record": rec}
+            return {"record": rec, "chars": 0}
         payload = json.dumps(send, ensure_ascii=False)
         problem = "unparseable"
         for attempt in range(2):
@@ -212,8 +212,8 @@ class Translator:
             problem = next((p for k in send if (p := check_translation(send[k], got[k], self.opts.to))), "")
             if not problem:
                 done = {k: restore(got[k], masked[k][1]) for k in send}
-                return {"record": with_fields(rec, done)}
-        return {"rejected": problem}
+                return {"record": with_fields(rec, done), "chars": sum(len(fields[k]) for k in send)}
+        return {"rejected": problem, "chars": sum(len(fields[k]) for k in send)}
 
     async def run(self, todo: list[int], on_done: Callable[[], None] | None = None) -> str:
         queue: asyncio.Queue[int] = asyncio.Queue()
@@ -236,7 +236,7 @@ class Translator:
                 entry = {"key": record_key(self.records[i], self.opts.to), **result}
                 append_jsonl(self.cache_path, entry)
                 self.cache[entry["key"]] = entry
-                self.stats["chars_sent"] += sum(map(len, text_fields(self.records[i]).values()))
+                self.stats["chars_sent"] += result["chars"]
                 if on_done:
                     on_done()
 
@@ -274,11 +274,21 @@ def translate(
         )
     chosen = select(tr.records, opts, tr.est_cost)
     keys = [record_key(tr.records[i], opts.to) for i in chosen]
-    todo = [i for i, k in zip(chosen, keys, strict=True) if k not in tr.cache]
-    stopped = asyncio.run(tr.run(todo, on_plan(len(todo)) if on_plan else None)) if todo else "done"
+    todo = list({k: i for i, k in zip(chosen, keys, strict=True) if k not in tr.cache}.values())
+    stopped = "error"
+    try:
+        stopped = asyncio.run(tr.run(todo, on_plan(len(todo)) if on_plan else None)) if todo else "done"
+    finally:  # on failure too: what was spent must count against the budget of the next run
+        report = _report(tr, chosen, keys, len(todo), stopped)
+    return report
+
+
+def _report(tr: Translator, chosen: list[int], keys: list[str], todo: int, stopped: str) -> dict[str, Any]:
+    """Rebuild the output from the cache (selected records, file order) and save the summary."""
+    opts = tr.opts
     done = [tr.cache[k] for k in keys if k in tr.cache]
     translated = [e["record"] for e in done if "record" in e]
-    atomic_write_text(opts.out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in translated))
+    write_jsonl(opts.out, translated)
     report = {
         "in": str(opts.inp),
         "out": str(opts.out),
@@ -287,13 +297,13 @@ def translate(
         "selected": len(chosen),
         "not_selected_over_budget": len(tr.records) - len(chosen),
         "translated": len(translated),
-        "from_cache": len(chosen) - len(todo),
+        "from_cache": len(chosen) - todo,
         "rejected": dict(Counter(e["rejected"] for e in done if "rejected" in e)),
         "pending": len(chosen) - len(done),
         "chars_selected": sum(sum(map(len, text_fields(tr.records[i]).values())) for i in chosen),
         "chars_sent_this_run": tr.stats["chars_sent"],
         "stopped": stopped,
-        "priced": cfg.price is not None,
+        "priced": tr.cfg.price is not None,
         "usage": tr.usage.as_dict(),
     }
     atomic_write_text(tr.summary_path, json.dumps(report, indent=2) + "\n")

@@ -1,5 +1,4 @@
-"""Ship a tuned model to the CPU: merge adapters, export verified GGUF files (+ Ollama Modelfile), adapter
-GGUFs.
+"""Ship a tuned model to the CPU: merge adapters, export verified GGUFs (+ Ollama Modelfile), adapter GGUFs.
 
 ``export_gguf(run_or_model, ["q8_0", "q4_k_m"], "out/model.gguf", eval_file="held_out.jsonl")`` loads the
 model as chat and eval do (base + adapter for a run directory), records torch's logits on a few prompts

@@ -72,9 +72,7 @@ def _bpe_pre(spec: dict[str, Any]) -> tuple[str, list[str]]:
         regex = splits[0].get("pattern", {}).get("Regex", "")
         if regex in _KNOWN_SPLITS:
             return _KNOWN_SPLITS[regex], []
-    return "default", [
-        "unrecognised pre-tokenizer; llama.cpp may split text differently (see tokenizer check)"
-    ]
+    return "default", ["unrecognised pre-tokenizer; llama.cpp may split text differently (tokenizer check)"]
 
 
 def _merge_pairs(model: dict[str, Any]) -> list[tuple[str, str]]:
@@ -115,9 +113,7 @@ def build_vocab(tokenizer: Any, vocab_size: int, stop: tuple[str, ...] = ()) -> 
     elif model["type"] == "BPE":
         base, unigram_scores = dict(model["vocab"]), {}
     else:
-        raise LlamabrewError(
-            f"tokenizer model '{model['type']}' cannot be exported to GGUF (BPE or Unigram only)"
-        )
+        raise LlamabrewError(f"a '{model['type']}' tokenizer cannot go into a GGUF (BPE or Unigram only)")
     by_id: dict[int, str] = {i: t for t, i in base.items()}
     by_id.update({i: t["content"] for i, t in added.items()})
     n = max(by_id) + 1
@@ -125,27 +121,20 @@ def build_vocab(tokenizer: Any, vocab_size: int, stop: tuple[str, ...] = ()) -> 
         raise LlamabrewError(f"tokenizer has {n} tokens but the model's embedding has only {vocab_size} rows")
     spm = _sentencepiece_style(spec)
     unk = tokenizer.unk_token_id
-    tokens, types = [], []
-    for i in range(vocab_size):
-        text = by_id.get(i)
+
+    def token_type(i: int, text: str | None) -> TokenType:
         if text is None:
-            tokens.append(f"[PAD{i}]")
-            types.append(TokenType.UNUSED)
-        elif i == unk:
-            tokens.append(text)
-            types.append(TokenType.UNKNOWN)
-        elif i in added:
-            tokens.append(text)
-            types.append(TokenType.CONTROL if added[i].get("special") else TokenType.USER_DEFINED)
-        elif spm and re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", text):
-            tokens.append(text)
-            types.append(TokenType.BYTE)
-        else:
-            tokens.append(text)
-            types.append(TokenType.NORMAL)
-    vocab = GGUFVocab(
-        "llama" if spm else "gpt2", None, tokens, [int(t) for t in types], add_bos=adds_bos(tokenizer)
-    )
+            return TokenType.UNUSED  # embedding rows past the tokenizer (padded vocabularies)
+        if i == unk:
+            return TokenType.UNKNOWN
+        if i in added:
+            return TokenType.CONTROL if added[i].get("special") else TokenType.USER_DEFINED
+        return TokenType.BYTE if spm and re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", text) else TokenType.NORMAL
+
+    types = [token_type(i, by_id.get(i)) for i in range(vocab_size)]
+    tokens = [by_id.get(i, f"[PAD{i}]") for i in range(vocab_size)]
+    vocab = GGUFVocab("llama" if spm else "gpt2", None, tokens, [int(t) for t in types],
+                      add_bos=adds_bos(tokenizer))
     if spm:
         # SentencePiece merges the adjacent pair whose joined piece scores highest: score = -merge rank (BPE)
         # or the unigram log-probability.

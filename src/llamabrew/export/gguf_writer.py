@@ -34,6 +34,7 @@ _FILE_TYPE = {"f16": LlamaFileType.MOSTLY_F16, "q8_0": LlamaFileType.MOSTLY_Q8_0
               "q4_0": LlamaFileType.MOSTLY_Q4_0, "q4_k_m": LlamaFileType.MOSTLY_Q4_K_M}
 _BLOCK = 32  # Q8_0 / Q4_0 block size: rows whose length is not a multiple stay f16
 _IGNORED = ("rotary_emb.inv_freq",)
+_F16_MAX = 65000.0
 
 
 @dataclass
@@ -134,6 +135,8 @@ def tensor_type(name: str, shape: tuple[int, ...], quant: str) -> GGMLQuantizati
 
 def add_tensor(writer: GGUFWriter, name: str, data: np.ndarray, quant: str) -> None:
     qtype = tensor_type(name, data.shape, quant)
+    if qtype == GGMLQuantizationType.F16 and np.abs(data).max(initial=0.0) > _F16_MAX:
+        qtype = GGMLQuantizationType.F32  # bf16 weights beyond f16's range would become inf
     if qtype == GGMLQuantizationType.F32:
         writer.add_tensor(name, data.astype(np.float32))
     elif qtype == GGMLQuantizationType.F16:
@@ -192,10 +195,16 @@ def write_gguf(state: Mapping[str, torch.Tensor], config: Any, vocab: GGUFVocab,
         if quant == "q4_k_m":
             llama_quantize(Path(tmp), out, quant, threads)
         else:
-            os.replace(tmp, out)
+            publish(tmp, out)
     finally:
         Path(tmp).unlink(missing_ok=True)
     return out
+
+
+def publish(tmp: str | Path, out: Path) -> None:
+    """Move a finished temp file into place, readable by others (temp files are created private)."""
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, out)
 
 
 def llama_quantize(src: Path, dst: Path, quant: str, threads: int | None = None) -> Path:
@@ -209,10 +218,22 @@ def llama_quantize(src: Path, dst: Path, quant: str, threads: int | None = None)
     fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        rc = llama_cpp.llama_model_quantize(str(src).encode(), tmp.encode(), params)
+        # llama.cpp prints per-tensor notes (K-quant fallbacks for short rows) straight to stderr: keep them
+        # for the error message only
+        with tempfile.TemporaryFile() as log:
+            saved = os.dup(2)
+            os.dup2(log.fileno(), 2)
+            try:
+                rc = llama_cpp.llama_model_quantize(str(src).encode(), tmp.encode(), params)
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+            log.seek(0)
+            notes = log.read().decode(errors="replace").strip().splitlines()[-3:]
         if rc != 0:
-            raise LlamabrewError(f"llama.cpp could not quantize {src.name} to {quant} (code {rc})")
-        os.replace(tmp, dst)
+            raise LlamabrewError(f"llama.cpp could not quantize {src.name} to {quant} (code {rc}): "
+                                 + " | ".join(notes))
+        publish(tmp, dst)
     finally:
         Path(tmp).unlink(missing_ok=True)
     return dst

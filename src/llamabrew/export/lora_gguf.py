@@ -50,7 +50,7 @@ def export_adapter_gguf(
     import gguf
     from transformers import AutoConfig
 
-    from llamabrew.export.gguf_writer import _permute, arch_of
+    from llamabrew.export.gguf_writer import _permute, arch_of, publish
     from llamabrew.models import adapter_base
 
     cfg = read_adapter_config(adapter)
@@ -111,7 +111,7 @@ def export_adapter_gguf(
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
-        os.replace(tmp, out)
+        publish(tmp, out)
     finally:
         Path(tmp).unlink(missing_ok=True)
     return out

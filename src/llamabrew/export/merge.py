@@ -52,24 +52,22 @@ def read_adapter_config(adapter: str | Path) -> dict[str, Any]:
     return cfg
 
 
-def stored_quantization(base: str) -> dict[str, Any] | None:
-    """The ``quantization_config`` of a checkpoint stored already quantized (e.g. a '-bnb-4bit' upload)."""
+def stored_config(base: str) -> dict[str, Any]:
+    """The base checkpoint's config.json as stored (dtype, quantization), before any loading changes it."""
     cfg_file = Path(base) / "config.json"
     try:
         if cfg_file.is_file():
-            cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
-        else:
-            from transformers import AutoConfig
+            return json.loads(cfg_file.read_text(encoding="utf-8"))
+        from transformers import AutoConfig
 
-            cfg = AutoConfig.from_pretrained(base).to_dict()
+        return AutoConfig.from_pretrained(base).to_dict()
     except Exception:
-        return None  # loading will report the real problem
-    return cfg.get("quantization_config")
+        return {}  # loading will report the real problem
 
 
 def load_full_precision(base: str, trust_remote_code: bool = False) -> Any:
     """The base in fp32, dequantizing a checkpoint stored in 4/8 bits when possible, refusing otherwise."""
-    quant = stored_quantization(base)
+    quant = stored_config(base).get("quantization_config")
     if quant is None:
         return load_causal_lm(base, torch.float32, trust_remote_code)
     method = quant.get("quant_method", "?")
@@ -110,10 +108,10 @@ def merge_into(model: Any, adapters: Sequence[str | Path], weights: Sequence[flo
     return model
 
 
-def _saved_dtype(base: str, model: Any) -> torch.dtype:
-    dtype = getattr(model.config, "dtype", None) or getattr(model.config, "torch_dtype", None)
-    if isinstance(dtype, str):
-        dtype = _DTYPES.get(dtype)
+def _saved_dtype(base: str) -> torch.dtype:
+    """The precision the base was published in (bf16 / fp16 stay so; anything else is saved as fp32)."""
+    cfg = stored_config(base)
+    dtype = _DTYPES.get(str(cfg.get("dtype") or cfg.get("torch_dtype") or "float32"))
     return dtype if dtype in (torch.bfloat16, torch.float16) else torch.float32
 
 
@@ -153,7 +151,7 @@ def merge(
             f"adapter trained on a 4-bit (QLoRA) base: merged into the full-precision weights of {base}"
         )
     model = merge_into(load_full_precision(base, trust_remote_code), adapters, weights)
-    target = _DTYPES[dtype] if dtype != "auto" else _saved_dtype(base, model)
+    target = _DTYPES[dtype] if dtype != "auto" else _saved_dtype(base)
     tok_src = next((str(a) for a in adapters if (Path(a) / "tokenizer_config.json").is_file()), base)
     tokenizer = load_tokenizer(tok_src, trust_remote_code)
     out = Path(out)

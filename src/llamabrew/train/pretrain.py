@@ -64,7 +64,7 @@ def read_corpus(paths: list[Path]) -> list[str]:
         except UnicodeDecodeError as e:
             raise InputError(f"not valid UTF-8 (byte {e.start})", file=path) from None
         if str(path).endswith((".jsonl", ".json")):
-            for n, line in enumerate(text.splitlines(), start=1):
+            for n, line in enumerate(text.split("\n"), start=1):  # not splitlines: JSON may hold U+2028
                 if not line.strip():
                     continue
                 try:

@@ -1,0 +1,287 @@
+"""`llamabrew serve`: the HTTP server's runtime (fair queue, body limit, uvicorn) and its command.
+
+One generation runs at a time (the engines hold one model each, and a CPU has no spare cores for a second), so
+fairness is the queue: requests start in arrival order, a client that goes away leaves the queue or stops its
+generation at the next token, and the slot passes on at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import shlex
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from llamabrew.cli_common import console, friendly_errors
+from llamabrew.errors import LlamabrewError
+from llamabrew.serve.engines import Engine, Sampling
+
+_END = object()
+STARTED = object()  # yielded when the request's generation begins (after its wait in the queue)
+
+
+async def _disconnected(request: Any) -> None:
+    """Returns when the client hangs up (the body has been read, so only ``http.disconnect`` can come)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+class Scheduler:
+    """FIFO admission to the engine, generation on a worker thread, counts for /health."""
+
+    def __init__(self, max_waiting: int = 256) -> None:
+        self.max_waiting = max_waiting
+        self.lock = asyncio.Lock()  # asyncio's lock wakes waiters first come, first served
+        self.waiting = self.running = self.completed = self.cancelled = 0
+        self._tokenizer = ThreadPoolExecutor(1, thread_name_prefix="llamabrew-tokenize")
+
+    def counts(self) -> dict[str, int]:
+        return {"waiting": self.waiting, "running": self.running, "completed": self.completed,
+                "cancelled": self.cancelled}
+
+    def full(self) -> bool:
+        return self.waiting >= self.max_waiting
+
+    async def tokenize(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Prompt checks off the event loop (a 1 MB prompt takes a while), one at a time."""
+        return await asyncio.get_running_loop().run_in_executor(self._tokenizer, fn, *args)
+
+    async def _acquire(self, gone: asyncio.Future[None]) -> bool:
+        """Wait for the engine; False when the client left first. Never leaves the lock held by nobody."""
+        self.waiting += 1
+        acquire = asyncio.ensure_future(self.lock.acquire())
+        got = False
+        try:
+            await asyncio.wait({acquire, gone}, return_when=asyncio.FIRST_COMPLETED)
+            got = acquire.done() and not gone.done()
+        finally:  # also when this request is cancelled while it waits
+            self.waiting -= 1
+            if not got:
+                if acquire.done() and not acquire.cancelled():
+                    self.lock.release()
+                else:
+                    acquire.cancel()
+        return got
+
+    def _finish(self, cancelled: bool) -> None:
+        self.running -= 1
+        self.cancelled += cancelled
+        self.completed += not cancelled
+        self.lock.release()
+
+    def _work(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[Any], engine: Engine,
+              messages: list[dict[str, str]], sampling: Sampling, cancel: threading.Event) -> None:
+        def put(item: Any) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: the server is shutting down
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+
+        try:
+            for piece in engine.stream(messages, sampling, cancel=cancel):
+                put(piece)
+            put(engine.last)
+        except BaseException as e:  # handed to the request, which answers with an error
+            put(e)
+        finally:
+            cancelled = cancel.is_set()
+            put(_END)
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._finish, cancelled)
+
+    async def generate(self, request: Any, engine: Engine, messages: list[dict[str, str]],
+                       sampling: Sampling) -> AsyncIterator[Any]:
+        """`STARTED`, text pieces, then the `GenerationStats` (or the exception the engine raised)."""
+        cancel = threading.Event()
+        gone = asyncio.ensure_future(_disconnected(request))
+        gone.add_done_callback(lambda t: t.cancelled() or cancel.set())
+        try:
+            if not await self._acquire(gone):
+                self.cancelled += 1
+                return
+            loop, queue = asyncio.get_running_loop(), asyncio.Queue[Any]()
+            self.running += 1
+            try:
+                threading.Thread(target=self._work, args=(loop, queue, engine, messages, sampling, cancel),
+                                 daemon=True, name="llamabrew-generate").start()
+            except RuntimeError:
+                self._finish(True)
+                raise
+            yield STARTED
+            while (item := await queue.get()) is not _END:
+                yield item
+        finally:
+            cancel.set()  # the consumer stopped early (client gone, error): the worker stops at once
+            gone.cancel()
+
+
+class BodyLimit:
+    """ASGI middleware: bodies over ``limit`` bytes (declared or chunked) get 413 before any handler runs."""
+
+    def __init__(self, app: Any, limit: int, error: Callable[[], dict[str, Any]]) -> None:
+        self.app, self.limit, self.error = app, limit, error
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        too_big = declared.isdigit() and int(declared) > self.limit
+        chunks: list[bytes] = []
+        size, more = 0, True
+        while more and size <= 16 * self.limit:  # drain a too-big body (up to a point): clients read the 413
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk, more = message.get("body", b""), message.get("more_body", False)
+            size += len(chunk)
+            too_big = too_big or size > self.limit
+            if not too_big:
+                chunks.append(chunk)
+        if too_big:
+            body = json.dumps(self.error()).encode()
+            await send({"type": "http.response.start", "status": 413, "headers": [
+                (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close")]})
+            await send({"type": "http.response.body", "body": body})
+            return
+        replayed = False
+
+        async def replay() -> dict[str, Any]:
+            nonlocal replayed
+            if replayed:
+                return await receive()  # later reads wait for the disconnect
+            replayed = True
+            return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+
+        await self.app(scope, replay, send)
+
+
+@contextlib.contextmanager
+def run_in_thread(app: Any, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+    """Serve ``app`` with uvicorn on a background thread (tests, benchmarks); yields its base URL."""
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind((host, port))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.01)
+    try:
+        yield f"http://{host}:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+# --- the command --------------------------------------------------------------------------------------------
+
+VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # the --max-lora-rank values vLLM accepts
+
+
+def parse_adapters(specs: list[str] | None) -> dict[str, str]:
+    """``["name=dir", ...]`` → ``{name: dir}``."""
+    out: dict[str, str] = {}
+    for spec in specs or []:
+        name, sep, folder = spec.partition("=")
+        if not sep or not name.strip() or not folder.strip():
+            raise LlamabrewError(f"--adapter {spec}: expected NAME=DIR, e.g. --adapter pirate=runs/pirate")
+        if name.strip() in out:
+            raise LlamabrewError(f"--adapter {spec}: the name '{name.strip()}' is given twice")
+        out[name.strip()] = folder.strip()
+    return out
+
+
+def vllm_command(model_or_run: str, adapters: dict[str, str],
+                 name: str | None = None) -> tuple[str, list[str]]:
+    """The ``vllm serve`` line serving the same base and adapters under the same names, and any caveats."""
+    from llamabrew.serve.registry import lora_rank, plan_adapters
+
+    if Path(model_or_run).suffix == ".gguf":
+        raise LlamabrewError("vLLM serves the Hugging Face base + adapters: pass a run or model directory, "
+                             "not a .gguf file")
+    base, base_name, runs = plan_adapters(model_or_run, adapters, name)
+
+    def where(p: str) -> str:
+        return str(Path(p).resolve()) if Path(p).exists() else p
+
+    cmd, notes = ["vllm", "serve", where(base), "--served-model-name", base_name], []
+    if runs:
+        rank = max(lora_rank(d) for d in runs.values())
+        cmd += ["--enable-lora", "--lora-modules", *(f"{n}={where(d)}" for n, d in runs.items()),
+                "--max-loras", str(len(runs)),
+                "--max-lora-rank", str(next((r for r in VLLM_LORA_RANKS if r >= rank), rank))]
+        files = [Path(d) / "chat_template.jinja" for d in runs.values()]
+        if all(f.is_file() for f in files) and len({f.read_text(encoding="utf-8") for f in files}) == 1:
+            cmd += ["--chat-template", where(str(files[0]))]
+        else:
+            notes.append("the adapters were trained with different chat templates and vLLM renders chats "
+                         "with one template per server: run one vLLM server per template")
+    return shlex.join(cmd), notes
+
+
+Opt = typer.Option
+
+
+@friendly_errors
+def serve(
+    model_or_run: Annotated[str, typer.Argument(help="run directory, model directory, hub id or .gguf file")],
+    adapter: Annotated[list[str] | None, Opt(help="NAME=DIR: another adapter of the same base, answered as "
+                                                  "model NAME (repeatable)")] = None,
+    host: Annotated[str, Opt(help="address to listen on (0.0.0.0: your whole network)")] = "127.0.0.1",
+    port: Annotated[int, Opt(min=0, max=65535, help="port to listen on")] = 8000,
+    api_key: Annotated[str | None, Opt(envvar="LLAMABREW_API_KEY", show_default=False,
+                                       help="require 'Authorization: Bearer KEY' on /v1")] = None,
+    name: Annotated[str | None, Opt(help="model name of MODEL_OR_RUN (default: its folder name)")] = None,
+    template: Annotated[str | None, Opt(help="override the chat template (default: the trained one)")] = None,
+    ctx: Annotated[int | None, Opt(help="context length for .gguf models")] = None,
+    threads: Annotated[int | None, Opt(help="CPU threads (default: free cores)")] = None,
+    max_tokens: Annotated[int, Opt(min=1, help="answer length limit when a request sets none")] = 512,
+    max_body_kb: Annotated[int, Opt(min=1, help="largest request body accepted")] = 1024,
+    max_queue: Annotated[int, Opt(min=1, help="requests allowed to wait; more get 503")] = 256,
+    cors_origin: Annotated[list[str] | None, Opt(help="let web pages from this origin call the API")] = None,
+    print_vllm_command: Annotated[bool, Opt("--print-vllm-command",
+                                            help="print the equivalent `vllm serve` line and exit")] = False,
+) -> None:
+    """Serve models over an OpenAI-compatible API with a web chat page at /."""
+    adapters = parse_adapters(adapter)
+    if print_vllm_command:
+        line, notes = vllm_command(model_or_run, adapters, name)
+        for note in notes:
+            console.print(f"[yellow]note:[/] {note}", highlight=False)
+        print(line)
+        return
+    import uvicorn
+
+    from llamabrew.models import set_threads
+    from llamabrew.serve.api import create_app
+    from llamabrew.serve.registry import open_registry
+
+    set_threads(threads)
+    registry = open_registry(model_or_run, adapters, name=name, template=template, ctx=ctx, threads=threads)
+    app = create_app(registry, api_key, max_body=max_body_kb * 1024, max_queue=max_queue,
+                     default_max_tokens=max_tokens, cors_origins=cors_origin)
+    url = f"http://{'localhost' if host in ('127.0.0.1', '::1') else host}:{port}"
+    console.print(f"[bold]llamabrew serve[/]: {', '.join(registry.names)}\n  chat page  {url}/\n  OpenAI API "
+                  f"{url}/v1{'  (API key required)' if api_key else ''}", highlight=False)
+    if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+        console.print("[yellow]warning:[/] listening beyond this machine without --api-key: anyone who can "
+                      "reach it can use it", highlight=False)
+    uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=3, server_header=False)
+
+
+if __name__ == "__main__":
+    typer.run(serve)
