@@ -176,14 +176,26 @@ def chat(
     repetition_penalty: Annotated[float, Opt(help=">1 discourages repeats")] = 1.1,
     seed: Annotated[int | None, Opt(help="sampling seed")] = None,
     threads: Annotated[int | None, Opt(help="CPU threads (default: free cores)")] = None,
+    engine_name: Annotated[str, Opt("--engine", help="auto (.gguf → llamacpp, else torch), torch or llamacpp "
+                                    "(a run directory is exported to GGUF on the fly)")] = "auto",
+    ctx: Annotated[int | None, Opt(help="llama.cpp context length (default: the model's)")] = None,
+    quant: Annotated[str, Opt(help="quant type when exporting a run for --engine llamacpp")] = "q8_0",
 ) -> None:
     """Chat in the terminal with streamed tokens (or answer one --prompt)."""
+    from llamabrew.errors import LlamabrewError
     from llamabrew.models import set_threads
     from llamabrew.serve.chat import chat_loop
     from llamabrew.serve.engines import Sampling, open_torch_engine
 
-    set_threads(threads)
-    engine = open_torch_engine(model, adapter=adapter, template=template)
+    if engine_name not in ("auto", "torch", "llamacpp"):
+        raise LlamabrewError(f"unknown engine '{engine_name}': choose auto, torch or llamacpp")
+    if engine_name == "llamacpp" or (engine_name == "auto" and model.endswith(".gguf")):
+        from llamabrew.serve.llamacpp import open_llamacpp_engine
+
+        engine = open_llamacpp_engine(model, threads=threads, ctx=ctx, quant=quant, template=template)
+    else:
+        set_threads(threads)
+        engine = open_torch_engine(model, adapter=adapter, template=template)
     sampling = Sampling(max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed)
     chat_loop(engine, sampling, system=system, prompt=prompt)
 
@@ -195,11 +207,12 @@ def quickstart(
     entities: Annotated[int, Opt(help="made-up people in the synthetic world")] = 200,
     pretrain_minutes: Annotated[float, Opt(help="time budget for pretraining the toy base")] = 4.0,
     seed: Annotated[int, Opt(help="seed for the world and the runs")] = 0,
+    gguf: Annotated[bool, Opt("--gguf/--no-gguf", help="also export verified GGUFs and chat through llama.cpp")] = True,
 ) -> None:
-    """The whole job offline in minutes: world → pretrain → LoRA → evaluate → chat."""
+    """The whole job offline in minutes: world → pretrain → LoRA → evaluate → GGUF → chat."""
     from llamabrew.quickstart import run as run_quickstart
 
-    run_quickstart(out, entities=entities, pretrain_minutes=pretrain_minutes, seed=seed)
+    run_quickstart(out, entities=entities, pretrain_minutes=pretrain_minutes, seed=seed, gguf=gguf)
 
 
 def _register_stage_commands() -> None:

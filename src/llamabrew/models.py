@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,12 +14,31 @@ import torch
 from llamabrew.errors import LlamabrewError
 
 
-def free_cores() -> int:
-    """CPU cores this process may use (oversubscribed threads collapse CPU throughput)."""
+def _busy_cores(seconds: float = 0.2) -> float:
+    """Cores kept busy by other processes right now, from two readings of /proc/stat (0 where unreadable)."""
+    def read() -> tuple[int, int]:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+        return sum(fields), idle
+
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        total0, idle0 = read()
+        time.sleep(seconds)
+        total1, idle1 = read()
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    dt = total1 - total0
+    return 0.0 if dt <= 0 else (os.cpu_count() or 1) * (1 - (idle1 - idle0) / dt)
+
+
+@functools.cache
+def free_cores() -> int:
+    """CPU cores this process may use and nobody else is using: oversubscribed threads collapse CPU throughput."""
+    try:
+        allowed = max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - non-Linux
-        return max(1, os.cpu_count() or 1)
+        allowed = max(1, os.cpu_count() or 1)
+    return max(1, min(allowed, round(allowed - _busy_cores())))
 
 
 def set_threads(threads: int | None = None) -> int:

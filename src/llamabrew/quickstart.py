@@ -19,10 +19,12 @@ from llamabrew.cli_common import console
 from llamabrew.data.formats import write_jsonl
 from llamabrew.io import atomic_write_text
 from llamabrew.recipe import DataConfig, LoraConfig, ModelConfig, OptimConfig, PretrainOptimConfig, PretrainRecipe, Recipe, save_recipe
-from llamabrew.serve.engines import GREEDY, generate_text, open_torch_engine
+from llamabrew.serve.engines import GREEDY, Engine, generate_text, open_torch_engine
 from llamabrew.world import biographies, make_world, questions
 
 BIOS_PER_PERSON = 6
+GGUF_QUANTS = ["q8_0", "q4_k_m"]
+GGUF_EVAL_LIMIT = 100  # held-out questions asked of each GGUF (the torch model answers all of them too)
 
 
 @dataclass
@@ -46,7 +48,8 @@ def sft_recipe(base: Path, train_file: Path, out: Path, seed: int) -> Recipe:
     )
 
 
-def run(out: Path, entities: int = 200, pretrain_minutes: float = 4.0, seed: int = 0) -> QuickstartResult:
+def run(out: Path, entities: int = 200, pretrain_minutes: float = 4.0, seed: int = 0,
+        gguf: bool = True) -> QuickstartResult:
     started = time.monotonic()
     out = Path(out)
     people = make_world(entities, seed)
@@ -54,7 +57,7 @@ def run(out: Path, entities: int = 200, pretrain_minutes: float = 4.0, seed: int
     rng.shuffle(people)
     tuned_on, held_out = people[: entities // 2], people[entities // 2 :]
 
-    console.rule("[bold]1/5 a made-up world, and a base model pretrained on it")
+    console.rule("[bold]1/6 a made-up world, and a base model pretrained on it")
     world_dir = out / "world"
     corpus = world_dir / "corpus.txt"
     atomic_write_text(corpus, "\n\n".join(biographies(people, BIOS_PER_PERSON, seed)) + "\n")
@@ -65,7 +68,7 @@ def run(out: Path, entities: int = 200, pretrain_minutes: float = 4.0, seed: int
         optim=PretrainOptimConfig(max_minutes=pretrain_minutes, seed=seed),
     ))
 
-    console.rule("[bold]2/5 instruction data about half of the people")
+    console.rule("[bold]2/6 instruction data about half of the people")
     data_dir = out / "data"
     train_file, held_file = data_dir / "train.json", data_dir / "held_out.jsonl"
     atomic_write_text(train_file, json.dumps(questions(tuned_on, seed, per_fact=3), indent=1))
@@ -73,27 +76,43 @@ def run(out: Path, entities: int = 200, pretrain_minutes: float = 4.0, seed: int
     console.print(f"train: questions about {len(tuned_on)} people → {train_file}\n"
                   f"held out: questions about the other {len(held_out)} (seen only in pretraining) → {held_file}")
 
-    console.rule("[bold]3/5 LoRA fine-tuning")
+    console.rule("[bold]3/6 LoRA fine-tuning")
     recipe = sft_recipe(base, train_file, out / "sft", seed)
     result = train.run(recipe)
 
-    console.rule("[bold]4/5 held-out questions, before and after tuning")
+    console.rule("[bold]4/6 held-out questions, before and after tuning")
     scores = evaluate.run(str(result.out), held_file, compare=True, max_new_tokens=32, batch_size=32)
     assert scores.base is not None
     write_jsonl(out / "held_out_answers.jsonl", scores.tuned.samples)
 
-    console.rule("[bold]5/5 chat demo")
-    engine = open_torch_engine(str(result.out))
+    console.rule("[bold]5/6 ship: GGUF q8_0 and q4_k_m, verified against torch and scored on held-out questions")
+    ggufs: dict[str, Path] = {}
+    if gguf:
+        from llamabrew.export import export_gguf
+
+        report = export_gguf(str(result.out), GGUF_QUANTS, out / "gguf" / "model.gguf", eval_file=held_file,
+                             eval_limit=GGUF_EVAL_LIMIT, max_new_tokens=32, verbose=False)
+        console.print("\n".join(report.lines()), highlight=False)
+        ggufs = {r.quant: r.path for r in report.results}
+
+    console.rule("[bold]6/6 chat demo" + (" through llama.cpp (q4_k_m)" if ggufs else ""))
+    if ggufs:
+        from llamabrew.serve.llamacpp import open_llamacpp_engine
+
+        engine: Engine = open_llamacpp_engine(str(ggufs["q4_k_m"]), announce=False)
+    else:
+        engine = open_torch_engine(str(result.out))
     for person in held_out[:3]:
         q = questions([person], seed)[rng.randrange(len(person.facts))]
         reply = generate_text(engine, [{"role": "user", "content": q["instruction"]}], GREEDY)
         console.print(f"[bold]you>[/] {q['instruction']}\n[bold]bot>[/] {reply.strip()}   "
-                      f"[dim](truth: {q['output']})[/]", highlight=False)
+                      f"[dim](truth: {q['output']}; {engine.last.tokens_per_second:.0f} tok/s)[/]", highlight=False)
 
     res = QuickstartResult(scores.base.contains, scores.tuned.contains, scores.tuned.exact_match, {
         "world corpus": corpus, "base model": base, "instruction data": train_file, "held-out questions": held_file,
         "LoRA adapter": result.out, "loss curve": result.out / "loss.png",
         "held-out answers": out / "held_out_answers.jsonl",
+        **{f"GGUF {q} (+ Modelfile)": p for q, p in ggufs.items()},
     }, (time.monotonic() - started) / 60)
     save_recipe(recipe, out)
     _summary(res, scores.base, scores.tuned)

@@ -190,9 +190,10 @@ def test_not_a_gguf_and_truncated_files_give_clear_errors(exported, tmp_path: Pa
 
     data = by_quant(exported, "q8_0").path.read_bytes()
     (tmp_path / "cut.gguf").write_bytes(data[: len(data) // 2])
+    (tmp_path / "head.gguf").write_bytes(data[:1000])  # cut inside the header
     (tmp_path / "noise.gguf").write_bytes(np.random.default_rng(0).bytes(4096))
     (tmp_path / "empty.gguf").write_bytes(b"")
-    for name in ("cut", "noise", "empty"):
+    for name in ("cut", "head", "noise", "empty"):
         with pytest.raises(LlamabrewError, match="GGUF"):
             read_gguf_info(tmp_path / f"{name}.gguf")
         with pytest.raises(LlamabrewError):

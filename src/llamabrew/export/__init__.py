@@ -26,8 +26,8 @@ from llamabrew.export.modelfile import ModelfileResult, derive_parts, stop_strin
 from llamabrew.export.verify import BOUNDS, AnswerScore, Check, VerificationError, verify_gguf
 
 __all__ = ["BOUNDS", "QUANTS", "AnswerScore", "Check", "ExportReport", "MergeReport", "QuantResult",
-           "VerificationError", "cached_gguf", "default_gguf_path", "export_adapter_gguf", "export_gguf",
-           "merge", "verify_gguf", "write_modelfile"]
+           "VerificationError", "cached_gguf", "default_gguf_path", "export_adapter", "export_adapter_gguf",
+           "export_gguf", "merge", "verify_gguf", "write_modelfile"]
 
 
 @dataclass
@@ -168,6 +168,29 @@ def export_gguf(model_or_run: str | Path, quant: str | Sequence[str] = "q8_0", o
             _say(verbose, f"scoring {path.name} on {len(examples)} examples")
             result.score = _score_gguf(path, tmpl, examples, max_new_tokens, threads)
     return report
+
+
+def export_adapter(adapter: str | Path, out: str | Path, *, base: str | None = None, verify: bool = True,
+                   threads: int | None = None, verbose: bool = True) -> tuple[Path, Check | None]:
+    """The LoRA adapter alone as a GGUF adapter; verified (by default) as f16 base GGUF + adapter in llama.cpp
+    against torch base + adapter, which costs one temporary f16 export of the base."""
+    import tempfile
+
+    from llamabrew.export.gguf_tokenizer import build_vocab
+    from llamabrew.export.verify import reference_logits
+
+    path = export_adapter_gguf(adapter, out, base=base)
+    if not verify:
+        return path, None
+    _say(verbose, f"verifying {Path(out).name} on an f16 export of its base in llama.cpp")
+    model, tokenizer, tmpl = _load(str(adapter), base, None, False)
+    ref = reference_logits(model, tokenizer, tmpl)
+    plain = model.unload()  # the base weights, adapter layers removed (not merged)
+    vocab = build_vocab(tokenizer, plain.config.vocab_size, tuple(tmpl.stop))
+    with tempfile.TemporaryDirectory() as tmp:
+        base_gguf = write_gguf(plain.state_dict(), plain.config, vocab, ChatInfo(tmpl.jinja, tmpl.name),
+                               Path(tmp) / "base-f16.gguf", "f16")
+        return path, _checked(path, verify_gguf(base_gguf, ref, "f16", threads, lora=path))
 
 
 def _checked(path: Path, check: Check) -> Check:

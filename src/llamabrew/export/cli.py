@@ -66,12 +66,14 @@ def export(
 ) -> None:
     """Export to GGUF for llama.cpp / Ollama, verified against the torch model (on by default)."""
     from llamabrew.errors import LlamabrewError
-    from llamabrew.export import export_adapter_gguf, export_gguf
+    from llamabrew.export import export_adapter, export_gguf
 
     if adapter_only:
         if out is None or out.suffix != ".gguf":
             raise LlamabrewError("--adapter-only needs --out ADAPTER.gguf")
-        path = export_adapter_gguf(model_or_run, out, base=base)
+        path, check = export_adapter(model_or_run, out, base=base, verify=verify, threads=threads)
+        if check:
+            console.print(check.summary(), highlight=False)
         console.print(
             f"wrote LoRA adapter [bold]{path}[/] ({path.stat().st_size / 2**20:.1f} MiB); "
             f"use: llama-cli -m BASE.gguf --lora {path.name}",

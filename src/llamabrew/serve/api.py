@@ -15,7 +15,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from importlib import resources
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
@@ -83,24 +83,22 @@ class Generation(Strict):
     top_p: float | None = Field(None, gt=0, le=1)
     top_k: int | None = Field(None, ge=0)
     repetition_penalty: float | None = Field(None, gt=0, le=10)
-    stop: str | list[str] | None = Field(None, max_length=16)
+    stop: str | Annotated[list[str], Field(max_length=16)] | None = None
     seed: int | None = None
-    stream: bool = False
+    stream: bool | None = None  # clients send null for "not set": every optional field takes it
     stream_options: StreamOptions | None = None
-    n: int = 1
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
+    n: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
     logprobs: bool | int | None = None
     tools: list[Any] | None = None
-    echo: bool = False
+    echo: bool | None = None
 
     def check_supported(self) -> None:
         """Refuse, rather than silently ignore, the OpenAI options this server does not implement."""
-        for field, ok in (("n", self.n == 1), ("presence_penalty", self.presence_penalty == 0),
-                          ("frequency_penalty", self.frequency_penalty == 0), ("logprobs", not self.logprobs),
-                          ("tools", not self.tools), ("echo", not self.echo)):
-            if not ok:
-                raise ApiError(400, f"'{field}' is not supported by this server"
+        for field in ("presence_penalty", "frequency_penalty", "logprobs", "tools", "echo", "n"):
+            if getattr(self, field) and getattr(self, field) != (1 if field == "n" else 0):
+                raise ApiError(400, f"'{field}': {getattr(self, field)!r} is not supported by this server"
                                + (" (use repetition_penalty)" if field.endswith("penalty") else ""),
                                field, "unsupported_parameter")
 
@@ -133,7 +131,8 @@ def parse(model: type[Strict], body: bytes) -> Any:
     try:
         return model.model_validate_json(body)
     except ValidationError as e:
-        err = e.errors(include_url=False)[0]
+        errors = e.errors(include_url=False)  # of failed union branches, prefer a value error to a type one
+        err = min(errors, key=lambda x: x["type"].endswith("_type"))
         if err["type"] == "json_invalid":
             why = err["msg"].removeprefix("Invalid JSON: ")
             raise ApiError(400, f"The body is not valid JSON ({why}).", None, "invalid_json") from None
@@ -221,11 +220,12 @@ def create_app(registry: Registry, api_key: str | None = None, *, max_body: int 
     app = FastAPI(title="llamabrew", docs_url=None, redoc_url=None, openapi_url=None)
     scheduler = Scheduler(max_queue)
     app.state.scheduler, app.state.registry = scheduler, registry
-    expected = f"Bearer {api_key}".encode() if api_key else None
+    expected = api_key.encode() if api_key else None
 
     async def authorize(request: Request) -> None:
-        given = request.headers.get("authorization", "").encode()
-        if expected is not None and not hmac.compare_digest(given, expected):
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if expected is not None and not (hmac.compare_digest(given.strip().encode(), expected)  # const. time
+                                         and scheme.lower() == "bearer"):
             raise ApiError(401, "Incorrect or missing API key: send 'Authorization: Bearer <key>'.", None,
                            "invalid_api_key")
 
@@ -315,7 +315,7 @@ def create_app(registry: Registry, api_key: str | None = None, *, max_body: int 
             elif isinstance(item, BaseException):
                 yield sse(engine_error(item).body())
                 break
-            if isinstance(item, GenerationStats):
+            elif isinstance(item, GenerationStats):
                 yield sse(reply.chunk(finish=item.finish_reason))
                 if include_usage:
                     yield sse(reply.usage_chunk(item))

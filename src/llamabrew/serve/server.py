@@ -17,13 +17,15 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from llamabrew.cli_common import console, friendly_errors
 from llamabrew.errors import LlamabrewError
-from llamabrew.serve.engines import Engine, Sampling
+
+if TYPE_CHECKING:  # importing the engines means importing torch: not for `llamabrew --help`
+    from llamabrew.serve.engines import Engine, Sampling
 
 _END = object()
 STARTED = object()  # yielded when the request's generation begins (after its wait in the queue)
@@ -72,11 +74,13 @@ class Scheduler:
                     acquire.cancel()
         return got
 
-    def _finish(self, cancelled: bool) -> None:
+    def _finish(self, cancelled: bool, queue: asyncio.Queue[Any] | None = None) -> None:
         self.running -= 1
         self.cancelled += cancelled
         self.completed += not cancelled
         self.lock.release()
+        if queue is not None:
+            queue.put_nowait(_END)
 
     def _work(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[Any], engine: Engine,
               messages: list[dict[str, str]], sampling: Sampling, cancel: threading.Event) -> None:
@@ -90,11 +94,9 @@ class Scheduler:
             put(engine.last)
         except BaseException as e:  # handed to the request, which answers with an error
             put(e)
-        finally:
-            cancelled = cancel.is_set()
-            put(_END)
+        finally:  # one callback: the slot is free before the request sees the end
             with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(self._finish, cancelled)
+                loop.call_soon_threadsafe(self._finish, cancel.is_set(), queue)
 
     async def generate(self, request: Any, engine: Engine, messages: list[dict[str, str]],
                        sampling: Sampling) -> AsyncIterator[Any]:

@@ -49,7 +49,9 @@ async function loadModels() {
     return;
   }
   const models = (await response.json()).data;
-  select.replaceChildren(...models.map((m) => new Option(m.parent ? `${m.id} (adapter)` : m.id, m.id)));
+  select.replaceChildren(...models.map((m) => Object.assign(new Option(m.id, m.id), {
+    title: m.parent ? `adapter on ${m.parent}` : "base model",
+  })));
   if (wanted && models.some((m) => m.id === wanted)) select.value = wanted;
   setStatus(`${models.length} model${models.length === 1 ? "" : "s"} available`);
 }

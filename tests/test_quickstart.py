@@ -1,0 +1,48 @@
+"""The main job end to end: knowledge from pretraining, answering format from a little LoRA tuning."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from llamabrew.world import make_world, questions
+
+
+def test_quickstart_answers_held_out_questions_only_after_tuning(tmp_path: Path) -> None:
+    out = tmp_path / "qs"
+    res = subprocess.run([sys.executable, "-m", "llamabrew.cli", "quickstart", "--out", str(out),
+                          "--entities", "100", "--pretrain-minutes", "2"], capture_output=True, text=True,
+                         timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["held_out_contains_before"] <= 0.05
+    assert summary["held_out_contains_after"] >= 0.90
+    for path in summary["artifacts"].values():
+        assert Path(path).exists(), path
+    # held-out people never appear in the instruction data
+    trained = {r["instruction"] for r in json.loads((out / "data" / "train.json").read_text())}
+    held = [json.loads(line) for line in (out / "data" / "held_out.jsonl").read_text().splitlines()]
+    names = {p.name for p in make_world(100, 0)}
+    held_names = {n for n in names if any(n in r["instruction"] for r in held)}
+    assert held_names and not any(n in q for q in trained for n in held_names)
+    assert "you>" in res.stderr and "bot>" in res.stderr  # the chat demo ran
+    assert (out / "base" / "model.safetensors").is_file() and (out / "sft" / "adapter_config.json").is_file()
+    # shipped: verified GGUFs, scored side by side with torch, and the demo answered through llama.cpp
+    assert (out / "gguf" / "model-q8_0.gguf").is_file() and (out / "gguf" / "model-q4_k_m.gguf").is_file()
+    table = [line.split() for line in res.stderr.splitlines() if line.split()[:1] in (["torch"], ["q8_0"], ["q4_k_m"])]
+    assert [row[0] for row in table] == ["torch", "q8_0", "q4_k_m"]
+    assert table[1][-1] == "ok"  # q8_0 passed verification
+    assert float(table[1][-2].rstrip("%")) >= 90.0  # q8_0 still answers held-out questions
+    assert "through llama.cpp" in res.stderr
+
+
+def test_world_questions_cover_every_fact_with_sentence_answers() -> None:
+    people = make_world(10, seed=3)
+    assert len({p.name for p in people}) == 10
+    qs = questions(people, per_fact=2)
+    assert len(qs) == 10 * len(people[0].facts) * 2
+    for p in people:
+        for value in p.facts.values():
+            assert any(value in q["output"] and p.name in q["output"] for q in qs)
