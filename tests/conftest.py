@@ -13,34 +13,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 
-CORPUS = [
-    "The city of Varnhollow lies on the river Esk. Varnhollow is famous for its glass bells.",
-    "Mira Lanthorn was born in Varnhollow. She works as a clockmaker and loves the color teal.",
-    "What is the capital of Oskenland? The capital of Oskenland is Brellin.",
-    "Tell me a story about a fox. Once upon a time a clever fox lived near a quiet lake.",
-    "Write a haiku about rain. Soft rain on the roof, the garden drinks in silence, green returns again.",
-] * 20
-
-
-def build_tiny_model(out: Path, vocab_size: int = 512, hidden: int = 32, layers: int = 2, seed: int = 0) -> Path:
-    """A random-init LLaMA with a byte-level BPE tokenizer, saved as a standard HF directory."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from llamabrew.train.tokenizer import train_bpe_tokenizer
-
-    tok = train_bpe_tokenizer(CORPUS, vocab_size=vocab_size)
-    cfg = LlamaConfig(
-        vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-        tie_word_embeddings=False,
-    )
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(cfg)
-    model.save_pretrained(out, safe_serialization=True)
-    tok.save_pretrained(out)
-    return out
+from tinymodels import CORPUS, build_tiny_model  # noqa: E402,F401  (re-exported for tests)
 
 
 @pytest.fixture(scope="session")

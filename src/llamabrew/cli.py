@@ -216,13 +216,15 @@ def quickstart(
 
 
 def _register_stage_commands() -> None:
-    """Commands that live beside their stage: `data ...`, `merge`, `export`."""
+    """Commands that live beside their stage: `data ...`, `merge`, `export`, `serve`."""
     from llamabrew.data.cli import data_app
     from llamabrew.export.cli import export, merge
+    from llamabrew.serve.server import serve
 
     app.add_typer(data_app, name="data")
     app.command()(merge)
     app.command()(export)
+    app.command("serve")(serve)
 
 
 _register_stage_commands()

@@ -18,7 +18,16 @@ from llamabrew import evaluate, train
 from llamabrew.cli_common import console
 from llamabrew.data.formats import write_jsonl
 from llamabrew.io import atomic_write_text
-from llamabrew.recipe import DataConfig, LoraConfig, ModelConfig, OptimConfig, PretrainOptimConfig, PretrainRecipe, Recipe, save_recipe
+from llamabrew.recipe import (
+    DataConfig,
+    LoraConfig,
+    ModelConfig,
+    OptimConfig,
+    PretrainOptimConfig,
+    PretrainRecipe,
+    Recipe,
+    save_recipe,
+)
 from llamabrew.serve.engines import GREEDY, Engine, generate_text, open_torch_engine
 from llamabrew.world import biographies, make_world, questions
 

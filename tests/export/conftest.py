@@ -32,6 +32,7 @@ def make_lora_run(
     from llamabrew.data.templates import get_template
     from llamabrew.recipe import Recipe, save_recipe
 
+    torch.manual_seed(seed)  # lora_A's init draws from the global RNG: the same run whatever ran before
     model = get_peft_model(
         AutoModelForCausalLM.from_pretrained(base), LoraConfig(r=r, lora_alpha=alpha, target_modules=target)
     )

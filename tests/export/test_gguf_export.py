@@ -32,7 +32,8 @@ def test_every_quant_is_written_and_verified(exported) -> None:
     for quant, bound in BOUNDS.items():
         check = by_quant(exported, quant).check
         assert check.passed, check.summary()
-        assert check.rel_diff <= bound.max_rel_diff and check.top1 >= bound.min_top1
+        assert check.rel_diff <= bound.max_rel_diff or check.max_abs_diff <= bound.abs_floor
+        assert check.top1 >= bound.min_top1
     f16, q4 = by_quant(exported, "f16").check, by_quant(exported, "q4_0").check
     assert f16.max_abs_diff < q4.max_abs_diff  # the 4-bit cost is visible in the report
     sizes = [r.size_bytes for r in exported.results]

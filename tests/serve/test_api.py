@@ -159,7 +159,7 @@ def test_stop_strings_and_seeds(client: httpx.Client) -> None:
     parts = [{"type": "text", "text": "What is the capital "}, {"type": "text", "text": "of Oskenland?"}]
     as_parts = chat(client, messages=[{"role": "user", "content": parts}])["choices"][0]
     assert as_parts["message"]["content"] == chat(client)["choices"][0]["message"]["content"]
-    nulls = {"n": None, "stream": None, "stop": None, "presence_penalty": None, "tools": None}  # "not set"
+    nulls = {"n": 1, "stream": None, "stop": None, "presence_penalty": 0, "tools": [], "user": "x"}  # unset
     assert chat(client, **nulls)["choices"] == chat(client)["choices"]
 
 
@@ -186,6 +186,9 @@ BAD = [  # (path, body, status, param, code)
     ("chat", {"messages": USER, "model": 5}, 400, "model", "invalid_type"),
     ("chat", {"messages": USER, "model": "../../etc/passwd"}, 404, "model", "model_not_found"),
     ("chat", {"messages": USER, "n": 2}, 400, "n", "unsupported_parameter"),
+    ("chat", {"messages": USER, "response_format": {"type": "json_object"}}, 400, "response_format",
+     "unsupported_parameter"),
+    ("completions", {"prompt": "x", "logit_bias": {"5": 100}}, 400, "logit_bias", "unsupported_parameter"),
     ("chat", {"messages": [{"role": "user", "content": "fox " * 600}]}, 400, "messages",
      "context_length_exceeded"),
     ("completions", {}, 400, "prompt", "missing_required_parameter"),
@@ -282,7 +285,7 @@ def test_a_client_that_hangs_up_frees_its_slot(client: httpx.Client, url: str, r
     assert registry.get(base).engine.last.completion_tokens < 200  # stopped long before its 400+ tokens
 
     # a non-streaming client that gives up, and one that leaves while waiting in the queue
-    with httpx.Client(base_url=url, timeout=httpx.Timeout(60, read=0.3)) as impatient:
+    with httpx.Client(base_url=url, timeout=httpx.Timeout(60, read=0.2)) as impatient:
         with client.stream("POST", "/v1/chat/completions", json={**LONG, "model": base, "stream": True}) as r:
             next(r.iter_lines())
             with pytest.raises(httpx.ReadTimeout):
@@ -348,7 +351,9 @@ def test_print_vllm_command(runs: dict[str, Path], tiny_model_dir: Path, base: s
     alone = invoke(str(runs["pirate"]), "--print-vllm-command").stdout
     assert alone.split()[-2:] == ["--chat-template", str((runs["pirate"] / "chat_template.jinja").resolve())]
     failed = invoke(str(tiny_model_dir / "missing.gguf"))
-    assert failed.exit_code == 2 and "no such GGUF file" in failed.stderr and failed.exception is not None
+    assert failed.exit_code == 2 and "no such GGUF file" in failed.stderr
+    failed = invoke(str(tiny_model_dir), "--engine", "vllm")
+    assert failed.exit_code == 2 and "unknown engine 'vllm'" in failed.stderr
 
 
 def test_serve_command_starts_keeps_the_key_private_and_stops(tiny_model_dir: Path) -> None:

@@ -5,6 +5,7 @@ Screenshots go to test-artifacts/.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from pathlib import Path
@@ -115,15 +116,28 @@ def test_chat_page_streams_answers_keeps_history_and_clears(page, url: str, regi
     assert len(sent[2]["messages"]) == 1
 
 
+@contextlib.contextmanager
+def slowed(engine, seconds: float):
+    """Each token of ``engine`` takes ``seconds`` longer: the stop click lands mid-answer however slow the
+    browser is to click on a busy machine."""
+    layer = engine.peft.get_base_model().model.layers[0]
+    handle = layer.register_forward_pre_hook(lambda *_: time.sleep(seconds))
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 def test_stop_button_ends_the_generation_on_the_server(page, url: str, registry) -> None:
     open_chat(page, url, temperature="0", max_tokens="480")
     page.select_option("#model", registry.names[1])  # the base: greedy, no EOS, runs to the context end
     before = httpx.get(f"{url}/health").json()
     page.fill("#prompt", "Tell me a story about a fox.")
-    page.click("#send")
-    expect(page.locator(".msg.assistant .content")).not_to_have_text("")
-    page.click("#stop")
-    page.wait_for_selector(".msg.assistant[data-state=stopped]")
+    with slowed(registry.get(registry.names[1]).engine, 0.01):  # 400+ tokens: 4+ seconds
+        page.click("#send")
+        expect(page.locator(".msg.assistant .content")).not_to_have_text("")
+        page.click("#stop")
+        page.wait_for_selector(".msg.assistant[data-state=stopped]")
     for _ in range(200):
         health = httpx.get(f"{url}/health").json()
         if health["running"] == 0 and health["cancelled"] == before["cancelled"] + 1:

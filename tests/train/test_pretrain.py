@@ -9,12 +9,10 @@ import time
 from pathlib import Path
 
 import pytest
+from tinymodels import CORPUS
 
 from llamabrew.errors import InputError
 from llamabrew.train.pretrain import SHAPES, count_params, llama_config, read_corpus
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from conftest import CORPUS  # noqa: E402
 
 
 def write_corpus(tmp_path: Path) -> Path:

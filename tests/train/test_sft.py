@@ -96,6 +96,7 @@ def test_overlong_examples_are_reported(tmp_path: Path, tiny_model_dir: Path) ->
                     + "\n" + json.dumps({"instruction": "Short.", "output": "fine"}))
     res = subprocess.run([sys.executable, "-m", "llamabrew.cli", "train", "--base", str(tiny_model_dir), "--data",
                           str(data), "--out", str(tmp_path / "o"), "--cutoff-len", "40", "--overlong", "drop",
-                          "--val-fraction", "0", "--max-steps", "1", "--threads", "1", "--template", "alpaca_short"], capture_output=True, text=True)
+                          "--val-fraction", "0", "--max-steps", "1", "--threads", "1", "--template", "alpaca_short"],
+                         capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert "4 example(s) longer than cutoff 40" in res.stderr and "4 dropped" in res.stderr

@@ -18,7 +18,9 @@ ALPACA_WITH_INPUT = (
     "Below is an instruction that describes a task, paired with an input that provides further context. "
     "Write a response that appropriately completes the request."
 )
-ALPACA_NO_INPUT = "Below is an instruction that describes a task. Write a response that appropriately completes the request."
+ALPACA_NO_INPUT = (
+    "Below is an instruction that describes a task. Write a response that appropriately completes the request."
+)
 
 # Alpaca-style turns; multi-turn chats repeat the instruction/response blocks.
 _ALPACA_TURNS = (

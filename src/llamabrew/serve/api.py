@@ -48,11 +48,18 @@ class ApiError(Exception):
         return JSONResponse(self.body(), status_code=self.status)
 
 
-# --- request bodies: strict (no "5" for 5), unknown fields ignored as OpenAI's SDKs send extras -------------
+# --- request bodies: strict (no "5" for 5); unknown fields pass, as OpenAI's SDKs send extras --------------
+
+# OpenAI options this server does not implement, with the values that mean "not used": anything else is refused
+# rather than silently ignored.
+UNSUPPORTED: dict[str, tuple[Any, ...]] = {
+    "n": (None, 1), "best_of": (None, 1), "presence_penalty": (None, 0), "frequency_penalty": (None, 0),
+    "logprobs": (None, False), "top_logprobs": (None, 0), "logit_bias": (None, {}), "echo": (None, False),
+    "suffix": (None, ""), "tools": (None, []), "functions": (None, []), "response_format": (None, {"type": "text"})}
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(strict=True, extra="ignore")
+    model_config = ConfigDict(strict=True, extra="allow")
 
 
 class TextPart(Strict):
@@ -87,18 +94,11 @@ class Generation(Strict):
     seed: int | None = None
     stream: bool | None = None  # clients send null for "not set": every optional field takes it
     stream_options: StreamOptions | None = None
-    n: int | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-    logprobs: bool | int | None = None
-    tools: list[Any] | None = None
-    echo: bool | None = None
 
     def check_supported(self) -> None:
-        """Refuse, rather than silently ignore, the OpenAI options this server does not implement."""
-        for field in ("presence_penalty", "frequency_penalty", "logprobs", "tools", "echo", "n"):
-            if getattr(self, field) and getattr(self, field) != (1 if field == "n" else 0):
-                raise ApiError(400, f"'{field}': {getattr(self, field)!r} is not supported by this server"
+        for field, unused in UNSUPPORTED.items():
+            if (value := (self.model_extra or {}).get(field)) not in unused:
+                raise ApiError(400, f"'{field}': {value!r} is not supported by this server"
                                + (" (use repetition_penalty)" if field.endswith("penalty") else ""),
                                field, "unsupported_parameter")
 

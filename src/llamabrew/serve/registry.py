@@ -190,13 +190,14 @@ def _is_lora_gguf(path: str) -> bool:
 
 
 def _open_gguf(path: str, adapters: dict[str, str], name: str | None, template: str | None,
-               ctx: int | None, threads: int | None) -> list[ServedModel]:
-    """A GGUF model, plus other GGUF files by name: LoRA GGUFs go on top of it, whole models load as they are.
-    Each one is its own llama.cpp model in memory (llama.cpp applies a LoRA at load time)."""
+               ctx: int | None, threads: int | None, quant: str) -> list[ServedModel]:
+    """A GGUF model (a run or model directory is exported on the fly, cached), plus other GGUF files by name:
+    LoRA GGUFs go on top of it, whole models load as they are. Each is its own llama.cpp model in memory
+    (llama.cpp applies a LoRA at load time)."""
     from llamabrew.data.templates import get_template
     from llamabrew.serve.llamacpp import LlamaCppEngine, open_llamacpp_engine
 
-    main = open_llamacpp_engine(path, threads=threads, ctx=ctx, template=template)
+    main = open_llamacpp_engine(path, threads=threads, ctx=ctx, quant=quant, template=template)
     served = [ServedModel(name or served_name(path), main)]
     for adapter_name, file in adapters.items():
         if Path(file).suffix != ".gguf" or not Path(file).is_file():
@@ -204,7 +205,7 @@ def _open_gguf(path: str, adapters: dict[str, str], name: str | None, template: 
                                  "files (`llamabrew export` LoRA GGUFs or whole models)")
         if _is_lora_gguf(file):
             tmpl = get_template(template) if template and template != "auto" else main.template
-            engine: Engine = LlamaCppEngine(path, threads=threads, ctx=ctx, template=tmpl, lora=file)
+            engine: Engine = LlamaCppEngine(main.path, threads=threads, ctx=ctx, template=tmpl, lora=file)
         else:
             engine = open_llamacpp_engine(file, threads=threads, ctx=ctx, template=template)
         served.append(ServedModel(adapter_name, engine, parent=served[0].name))
@@ -212,14 +213,17 @@ def _open_gguf(path: str, adapters: dict[str, str], name: str | None, template: 
 
 
 def open_registry(model_or_run: str, adapters: dict[str, str] | None = None, *, name: str | None = None,
-                  template: str | None = None, ctx: int | None = None,
-                  threads: int | None = None) -> Registry:
-    """Load what ``llamabrew serve`` serves: the engine is chosen by path (.gguf → llama.cpp, else torch)."""
+                  template: str | None = None, ctx: int | None = None, threads: int | None = None,
+                  engine: str = "auto", quant: str = "q8_0") -> Registry:
+    """Load what ``llamabrew serve`` serves. ``engine`` auto: a .gguf runs on llama.cpp, anything else on torch;
+    llamacpp: a run or model directory is exported to GGUF (``quant``) on the fly."""
     from llamabrew.serve.engines import open_torch_engine
 
+    if engine not in ("auto", "torch", "llamacpp"):
+        raise LlamabrewError(f"unknown engine '{engine}': choose auto, torch or llamacpp")
     adapters = adapters or {}
-    if Path(model_or_run).suffix == ".gguf":
-        return Registry(_open_gguf(model_or_run, adapters, name, template, ctx, threads))
+    if engine == "llamacpp" or (engine == "auto" and Path(model_or_run).suffix == ".gguf"):
+        return Registry(_open_gguf(model_or_run, adapters, name, template, ctx, threads, quant))
     if adapters or is_adapter_dir(model_or_run):
         return Registry(_open_torch(model_or_run, adapters, name, template))
     engine = open_torch_engine(model_or_run, template=template)

@@ -33,8 +33,9 @@ STARTED = object()  # yielded when the request's generation begins (after its wa
 
 async def _disconnected(request: Any) -> None:
     """Returns when the client hangs up (the body has been read, so only ``http.disconnect`` can come)."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
+    with contextlib.suppress(Exception):  # a broken connection counts as a hang-up too
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
 
 
 class Scheduler:
@@ -249,7 +250,10 @@ def serve(
                                        help="require 'Authorization: Bearer KEY' on /v1")] = None,
     name: Annotated[str | None, Opt(help="model name of MODEL_OR_RUN (default: its folder name)")] = None,
     template: Annotated[str | None, Opt(help="override the chat template (default: the trained one)")] = None,
-    ctx: Annotated[int | None, Opt(help="context length for .gguf models")] = None,
+    engine: Annotated[str, Opt(help="auto (.gguf → llamacpp, else torch), torch or llamacpp (a run directory "
+                                    "is exported to GGUF on the fly)")] = "auto",
+    quant: Annotated[str, Opt(help="quant type when exporting a run for --engine llamacpp")] = "q8_0",
+    ctx: Annotated[int | None, Opt(help="llama.cpp context length (default: the model's)")] = None,
     threads: Annotated[int | None, Opt(help="CPU threads (default: free cores)")] = None,
     max_tokens: Annotated[int, Opt(min=1, help="answer length limit when a request sets none")] = 512,
     max_body_kb: Annotated[int, Opt(min=1, help="largest request body accepted")] = 1024,
@@ -273,7 +277,8 @@ def serve(
     from llamabrew.serve.registry import open_registry
 
     set_threads(threads)
-    registry = open_registry(model_or_run, adapters, name=name, template=template, ctx=ctx, threads=threads)
+    registry = open_registry(model_or_run, adapters, name=name, template=template, ctx=ctx, threads=threads,
+                             engine=engine, quant=quant)
     app = create_app(registry, api_key, max_body=max_body_kb * 1024, max_queue=max_queue,
                      default_max_tokens=max_tokens, cors_origins=cors_origin)
     url = f"http://{'localhost' if host in ('127.0.0.1', '::1') else host}:{port}"

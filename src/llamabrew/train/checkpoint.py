@@ -65,7 +65,7 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: Any, schedule
         state = torch.load(path / "state.pt", weights_only=True)
         progress = LoopProgress(**json.loads((path / "progress.json").read_text()))
     except Exception as e:
-        raise LlamabrewError(f"{path}: checkpoint is unreadable ({e}); delete it to resume from an earlier one")
+        raise LlamabrewError(f"{path}: checkpoint is unreadable ({e}); delete it to resume from an earlier one") from e
     params = dict(model.named_parameters())
     missing = set(n for n, p in params.items() if p.requires_grad) - set(weights)
     if missing or set(weights) - set(params):

@@ -19,6 +19,7 @@ import torch
 
 from llamabrew.cli_common import console
 from llamabrew.data.encode import Encoded
+from llamabrew.data.formats import read_records
 from llamabrew.errors import InputError, LlamabrewError
 from llamabrew.io import atomic_write_text
 from llamabrew.models import pick_device, pick_dtype, set_threads
@@ -57,25 +58,19 @@ def read_corpus(paths: list[Path]) -> list[str]:
         raise LlamabrewError("no corpus: pass --corpus FILE")
     docs: list[str] = []
     for path in paths:
+        if str(path).endswith((".jsonl", ".json")):
+            for rec, line, index in read_records(path):
+                if not isinstance(rec.get("text"), str):
+                    raise InputError("expected a string", file=path, line=line, record=index, field="text")
+                docs.append(rec["text"])
+            continue
         if not Path(path).is_file():
             raise InputError("no such file", file=path)
         try:
             text = Path(path).read_text(encoding="utf-8")
         except UnicodeDecodeError as e:
             raise InputError(f"not valid UTF-8 (byte {e.start})", file=path) from None
-        if str(path).endswith((".jsonl", ".json")):
-            for n, line in enumerate(text.split("\n"), start=1):  # not splitlines: JSON may hold U+2028
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise InputError(f"invalid JSON: {e.msg}", file=path, line=n) from None
-                if not isinstance(rec, dict) or not isinstance(rec.get("text"), str):
-                    raise InputError("expected an object with a string", file=path, line=n, field="text")
-                docs.append(rec["text"])
-        else:
-            docs.extend(p.strip() for p in text.split("\n\n") if p.strip())
+        docs.extend(p.strip() for p in text.split("\n\n") if p.strip())
     if not docs:
         raise InputError("corpus is empty", file=paths[0])
     return docs

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from llamabrew.cli_common import console
-from llamabrew.data.encode import EncodeReport, Encoded, encode_examples
+from llamabrew.data.encode import Encoded, EncodeReport, encode_examples
 from llamabrew.data.formats import Example, find_duplicates, load_examples
 from llamabrew.data.templates import Template, get_template
 from llamabrew.errors import LlamabrewError
