@@ -46,10 +46,10 @@ class QuickstartResult:
 
 
 def sft_recipe(base: Path, train_file: Path, out: Path, seed: int) -> Recipe:
-    """The fine-tuning recipe quickstart uses: plain LoRA defaults, a small model's learning rate."""
+    """Quickstart's fine-tuning recipe: Alpaca's own template, plain LoRA defaults, a small model's learning rate."""
     return Recipe(
         model=ModelConfig(base=str(base)),
-        data=DataConfig(train_files=[train_file], template="alpaca_short", cutoff_len=128, val_fraction=0.05),
+        data=DataConfig(train_files=[train_file], template="alpaca", cutoff_len=160, val_fraction=0.05),
         lora=LoraConfig(r=16, alpha=32, dropout=0.05),
         optim=OptimConfig(epochs=3, learning_rate=2e-3, micro_batch_size=16, grad_accum=1, warmup_ratio=0.05,
                           seed=seed, max_minutes=3),
