@@ -100,3 +100,17 @@ def test_overlong_examples_are_reported(tmp_path: Path, tiny_model_dir: Path) ->
                          capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert "4 example(s) longer than cutoff 40" in res.stderr and "4 dropped" in res.stderr
+
+
+def test_a_relative_base_is_recorded_as_an_absolute_path(tmp_path: Path, tiny_model_dir: Path, monkeypatch) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    data = write_data(tmp_path / "d.jsonl")
+    monkeypatch.chdir(tiny_model_dir.parent)
+    r = recipe(Path(tiny_model_dir.name), data, tmp_path / "run", max_steps=1)
+    train.run(r)
+    monkeypatch.chdir(tmp_path)  # elsewhere: the adapter still finds its base
+    cfg = json.loads((tmp_path / "run" / "adapter_config.json").read_text())
+    assert Path(cfg["base_model_name_or_path"]) == tiny_model_dir.resolve()
+    PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(cfg["base_model_name_or_path"]), tmp_path / "run")

@@ -98,6 +98,9 @@ def run(recipe: Recipe) -> TrainResult:
     """Fine-tune ``recipe.model.base`` on ``recipe.data``; write the adapter (or model) to ``recipe.out``."""
     if not recipe.model.base:
         raise LlamabrewError("no base model: pass --base (hub id or local directory)")
+    if Path(recipe.model.base).is_dir():  # the adapter records its base: make it work from any directory
+        recipe = recipe.model_copy(deep=True)
+        recipe.model.base = str(Path(recipe.model.base).resolve())
     out = Path(recipe.out)
     if list_checkpoints(out / "checkpoints") and not recipe.resume:
         raise LlamabrewError(f"{out} already holds checkpoints: pass --resume to continue, or choose another --out")
