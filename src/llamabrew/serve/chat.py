@@ -11,8 +11,9 @@ from llamabrew.serve.engines import Engine, Sampling
 HELP = "commands: /reset clears the history, /exit (or Ctrl-D) quits"
 
 
-def answer(engine: Engine, messages: list[dict[str, str]], sampling: Sampling, out: TextIO = sys.stdout) -> str:
-    """Stream one answer to ``out`` and return it; speed goes to stderr so stdout stays clean for scripts."""
+def answer(engine: Engine, messages: list[dict[str, str]], sampling: Sampling, out: TextIO | None = None) -> str:
+    """Stream one answer to ``out`` (default: the current stdout) and return it; speed goes to stderr."""
+    out = out or sys.stdout
     pieces = []
     for piece in engine.stream(messages, sampling):
         out.write(piece)
