@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 CORPUS = [
     "The city of Varnhollow lies on the river Esk. Varnhollow is famous for its glass bells.",
@@ -13,22 +14,31 @@ CORPUS = [
 ] * 20
 
 
-def build_tiny_model(out: Path, vocab_size: int = 512, hidden: int = 32, layers: int = 2, seed: int = 0) -> Path:
-    """A random-init LLaMA with a byte-level BPE tokenizer, saved as a standard HF directory."""
+def build_tiny_model(out: Path, vocab_size: int = 512, hidden: int = 32, layers: int = 2, seed: int = 0,
+                     tokenizer: Any = None, model_type: str = "llama") -> Path:
+    """A random-init causal LM saved as a standard HF directory: a LLaMA with a byte-level BPE tokenizer
+    trained on `CORPUS` by default, or any ``model_type`` transformers knows (e.g. "qwen2") with the given
+    ``tokenizer``. Attention biases, where the architecture has them, are random too (HF initialises them to
+    zero, which would hide a dropped or misplaced bias in a conversion)."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     from llamabrew.train.tokenizer import train_bpe_tokenizer
 
-    tok = train_bpe_tokenizer(CORPUS, vocab_size=vocab_size)
-    cfg = LlamaConfig(
-        vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+    tok = tokenizer if tokenizer is not None else train_bpe_tokenizer(CORPUS, vocab_size=vocab_size)
+    cfg = AutoConfig.for_model(
+        model_type, vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2,
+        num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
         tie_word_embeddings=False,
     )
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(cfg)
+    model = AutoModelForCausalLM.from_config(cfg)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("_proj.bias"):
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
     model.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
     return out

@@ -101,3 +101,36 @@ def test_run_directory_is_exported_on_the_fly_once(run_dir: Path) -> None:
     stamp = path.stat().st_mtime_ns
     open_llamacpp_engine(run_dir, threads=1, ctx=128, announce=False).close()
     assert path.stat().st_mtime_ns == stamp
+
+
+def test_a_crashing_amx_build_falls_back_once_and_says_how_to_fix_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The probe child dies (SIGILL): plain buffers, a warning naming the rebuild flags, and the verdict is
+    remembered, so the next process does not probe again."""
+    import subprocess
+
+    import llama_cpp
+
+    from llamabrew.serve import llamacpp
+
+    monkeypatch.delenv("LLAMABREW_LLAMACPP_EXTRA_BUFFERS", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(llama_cpp, "llama_print_system_info", lambda: b"AVX512 = 1 | AMX_INT8 = 1 |")
+    probes: list[list[str]] = []
+
+    def sigill(cmd: list[str], **_: object) -> subprocess.CompletedProcess[bytes]:
+        probes.append(cmd)
+        return subprocess.CompletedProcess(cmd, -4, b"", b"")
+
+    monkeypatch.setattr(subprocess, "run", sigill)
+    llamacpp.extra_buffers_work.cache_clear()
+    try:
+        assert llamacpp.extra_buffers_work() is False
+        llamacpp.extra_buffers_work.cache_clear()
+        assert llamacpp.extra_buffers_work() is False
+    finally:
+        llamacpp.extra_buffers_work.cache_clear()
+    assert len(probes) == 1  # the second answer came from the cache file
+    assert [p.read_text() for p in (tmp_path / "llamabrew").glob("bufs-*")] == ["crashed"]
+    assert "-fno-dse" in capsys.readouterr().err

@@ -50,6 +50,15 @@ CHECK_PROMPTS = (
     "Translate 'good morning' into Spanish.",
 )
 
+# Tokenizer-only prompts (no logits): the text where pre-tokenizers differ. A wrong `tokenizer.ggml.pre` still
+# tokenizes plain sentences the same way, but not digit runs, upper-case contractions, CRLF, tabs, runs of
+# punctuation or non-Latin scripts.
+TOKENIZER_PROBES = (
+    "Order 1234567 costs $3.14159, isn't it? I'LL pay 20% (WE'RE sure)!!!?...",
+    "\tindented line\r\nnext line\n\n   three spaces,\ttab; x=42+17 -> done",
+    "naïve café, Москва, 東京, Ελλάδα 🙂",
+)
+
 
 class VerificationError(LlamabrewError):
     """The GGUF does not reproduce the torch model within the stated bounds."""
@@ -62,6 +71,8 @@ class Reference:
     texts: list[str]
     ids: list[list[int]]
     logits: list[np.ndarray]
+    probe_texts: list[str]  # compared token by token only
+    probe_ids: list[list[int]]
 
 
 def check_conversations(prompts: tuple[str, ...] = CHECK_PROMPTS) -> list[list[dict[str, str]]]:
@@ -89,7 +100,9 @@ def reference_logits(
         texts.append(text)
         ids.append(tok)
         logits.append(out.float().cpu().numpy())
-    return Reference(texts, ids, logits)
+    probes = [template.render(tokenizer, [{"role": "user", "content": p}], add_generation_prompt=True)
+              for p in TOKENIZER_PROBES]
+    return Reference(texts, ids, logits, probes, [encode_text(tokenizer, t) for t in probes])
 
 
 @dataclass
@@ -139,7 +152,8 @@ class Check:
 
 def compare(engine: Any, ref: Reference, quant: str) -> Check:
     """Compare a `LlamaCppEngine` opened with ``logits_all=True`` against the torch reference."""
-    tokens_match = all(engine.encode(t) == ids for t, ids in zip(ref.texts, ref.ids, strict=True))
+    pairs = zip(ref.texts + ref.probe_texts, ref.ids + ref.probe_ids, strict=True)
+    tokens_match = all(engine.encode(t) == ids for t, ids in pairs)
     max_diff, agree, n = 0.0, 0, 0
     for ids, want in zip(ref.ids, ref.logits, strict=True):
         got = engine.logits(ids)[:, : want.shape[1]]

@@ -31,6 +31,9 @@ from llamabrew.models import free_cores
 from llamabrew.serve.engines import ContextLengthError, GenerationStats, Sampling, StopScanner
 
 DEFAULT_CTX = 4096  # capped by the model's training context
+# llama.cpp's AMX q8_0 kernels (0.3.36) give wrong logits when a row is a single 32-value block: export
+# verification caught it on a 32-wide test model (top-1 agreement 7-9%); 64 and wider agree with plain buffers.
+EXTRA_BUFFERS_MIN_WIDTH = 64
 DEFAULT_QUANT = "q8_0"  # for on-the-fly exports: near-lossless and still ~2x smaller than f16
 _GiB = 1024**3
 
@@ -55,9 +58,10 @@ def _probe_child(folder: str) -> None:
 
 @functools.lru_cache(maxsize=1)
 def extra_buffers_work() -> bool:
-    """Whether llama.cpp's AMX / repacked weight buffers run here. Some builds enable AMX kernels that die
-    with SIGILL on batched prompts on VMs whose AMX tiles do not work; then weights stay in plain buffers
-    (slower, still correct). Probed once in a child process, remembered per llama.cpp version and CPU."""
+    """Whether llama.cpp's AMX / repacked weight buffers run here. A llama.cpp built by GCC 12 without
+    ``-fno-dse`` has AMX kernels whose tile shapes were optimised away: they die with SIGILL on batched prompts.
+    Then weights stay in plain buffers (about half as fast, still correct). Probed once in a child process,
+    remembered per llama.cpp build and CPU."""
     import hashlib
 
     import llama_cpp
@@ -69,10 +73,12 @@ def extra_buffers_work() -> bool:
         return True
     cpu = Path("/proc/cpuinfo").read_text(errors="ignore") if Path("/proc/cpuinfo").is_file() else ""
     flags = next((line for line in cpu.splitlines() if line.startswith("flags")), "")
-    key = hashlib.sha1(f"{llama_cpp.__version__} {flags}".encode()).hexdigest()[:16]
+    libs = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns)
+                  for f in Path(llama_cpp.__file__).parent.rglob("*.so*"))
+    key = hashlib.sha1(f"{llama_cpp.__version__} {libs} {flags}".encode()).hexdigest()[:16]  # a rebuild re-probes
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "llamabrew" / f"bufs-{key}"
     if cache.is_file():
-        return cache.read_text().strip() == "ok"
+        return _warn_unless(cache.read_text().strip() == "ok")
     with tempfile.TemporaryDirectory() as tmp:
         code = f"from llamabrew.serve.llamacpp import _probe_child; _probe_child({tmp!r})"
         try:
@@ -83,19 +89,29 @@ def extra_buffers_work() -> bool:
     with contextlib.suppress(OSError):
         cache.parent.mkdir(parents=True, exist_ok=True)
         cache.write_text("ok" if ok else "crashed")
+    return _warn_unless(ok)
+
+
+def _warn_unless(ok: bool) -> bool:
+    if not ok:
+        console.print("[yellow]warning:[/] this llama.cpp build's AMX kernels crash on this CPU, so its weights stay "
+                      "in plain buffers (about half as fast). Rebuild llama-cpp-python with "
+                      "CMAKE_ARGS=\"-DCMAKE_C_FLAGS=-fno-dse -DCMAKE_CXX_FLAGS=-fno-dse\" (see the README).",
+                      highlight=False)
     return ok
 
 
 def load_llama(path: str | Path, n_ctx: int, threads: int | None = None, logits_all: bool = False,
                lora_path: str | Path | None = None) -> Any:
-    """A quiet `llama_cpp.Llama` on the free cores, avoiding AMX kernels that cannot run here."""
+    """A quiet `llama_cpp.Llama` on the free cores, avoiding AMX kernels that cannot run here or that go wrong
+    on the model's width."""
     from llamabrew.export.gguf_writer import require_llama_cpp
 
     llama_cpp = require_llama_cpp("running a GGUF model")
     import llama_cpp.llama_cpp as low
 
     original = low.llama_model_default_params
-    if not extra_buffers_work():
+    if not extra_buffers_work() or read_gguf_info(path).n_embd < EXTRA_BUFFERS_MIN_WIDTH:
         def plain_buffers() -> Any:
             params = original()
             params.use_extra_bufts = False
