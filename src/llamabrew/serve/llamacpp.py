@@ -31,8 +31,9 @@ from llamabrew.models import free_cores
 from llamabrew.serve.engines import ContextLengthError, GenerationStats, Sampling, StopScanner
 
 DEFAULT_CTX = 4096  # capped by the model's training context
-# llama.cpp's AMX q8_0 kernels (0.3.36) give wrong logits when a row is a single 32-value block: export
-# verification caught it on a 32-wide test model (top-1 agreement 7-9%); 64 and wider agree with plain buffers.
+# llama.cpp's AMX q4_0 / q8_0 kernels (0.3.36) give wrong logits when a row is a single 32-value block: export
+# verification caught it on a 32-wide test model (top-1 agreement 7-9%); 64 and wider agree with plain buffers
+# (tests/serve/test_llamacpp.py checks that on a 128-wide model).
 EXTRA_BUFFERS_MIN_WIDTH = 64
 DEFAULT_QUANT = "q8_0"  # for on-the-fly exports: near-lossless and still ~2x smaller than f16
 _GiB = 1024**3
