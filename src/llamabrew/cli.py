@@ -182,14 +182,11 @@ def chat(
     quant: Annotated[str, Opt(help="quant type when exporting a run for --engine llamacpp")] = "q8_0",
 ) -> None:
     """Chat in the terminal with streamed tokens (or answer one --prompt)."""
-    from llamabrew.errors import LlamabrewError
     from llamabrew.models import set_threads
     from llamabrew.serve.chat import chat_loop
-    from llamabrew.serve.engines import Sampling, open_torch_engine
+    from llamabrew.serve.engines import Sampling, open_torch_engine, runs_on_llamacpp
 
-    if engine_name not in ("auto", "torch", "llamacpp"):
-        raise LlamabrewError(f"unknown engine '{engine_name}': choose auto, torch or llamacpp")
-    if engine_name == "llamacpp" or (engine_name == "auto" and model.endswith(".gguf")):
+    if runs_on_llamacpp(engine_name, model):
         from llamabrew.serve.llamacpp import open_llamacpp_engine
 
         engine = open_llamacpp_engine(model, threads=threads, ctx=ctx, quant=quant, template=template)

@@ -94,7 +94,8 @@ def run(out: Path, entities: int = 200, pretrain_minutes: float = 4.0, seed: int
     assert scores.base is not None
     write_jsonl(out / "held_out_answers.jsonl", scores.tuned.samples)
 
-    console.rule("[bold]5/6 ship: GGUF q8_0 and q4_k_m, verified against torch and scored on held-out questions")
+    console.rule("[bold]5/6 ship: " + ("GGUF q8_0 and q4_k_m, verified against torch and scored on held-out "
+                                        "questions" if gguf else "skipped (--no-gguf)"))
     ggufs: dict[str, Path] = {}
     if gguf:
         from llamabrew.export import export_gguf

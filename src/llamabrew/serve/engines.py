@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
@@ -86,6 +87,16 @@ class StopScanner:
     def flush(self) -> str:
         out, self.buffer = ("" if self.stopped else self.buffer), ""
         return out
+
+
+ENGINES = ("auto", "torch", "llamacpp")
+
+
+def runs_on_llamacpp(engine: str, model_or_run: str | Path) -> bool:
+    """Whether ``--engine`` (auto: a .gguf file goes to llama.cpp, anything else to torch) picks llama.cpp."""
+    if engine not in ENGINES:
+        raise LlamabrewError(f"unknown engine '{engine}': choose auto, torch or llamacpp")
+    return engine == "llamacpp" or (engine == "auto" and Path(model_or_run).suffix == ".gguf")
 
 
 def generate_text(engine: Engine, messages: list[dict[str, str]], sampling: Sampling) -> str:

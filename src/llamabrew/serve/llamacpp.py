@@ -103,16 +103,16 @@ def _warn_unless(ok: bool) -> bool:
 
 
 def load_llama(path: str | Path, n_ctx: int, threads: int | None = None, logits_all: bool = False,
-               lora_path: str | Path | None = None) -> Any:
+               lora_path: str | Path | None = None, width: int | None = None) -> Any:
     """A quiet `llama_cpp.Llama` on the free cores, avoiding AMX kernels that cannot run here or that go wrong
-    on the model's width."""
+    on the model's ``width`` (its embedding length; read from the file when not given, which takes a while)."""
     from llamabrew.export.gguf_writer import require_llama_cpp
 
     llama_cpp = require_llama_cpp("running a GGUF model")
     import llama_cpp.llama_cpp as low
 
     original = low.llama_model_default_params
-    if not extra_buffers_work() or read_gguf_info(path).n_embd < EXTRA_BUFFERS_MIN_WIDTH:
+    if not extra_buffers_work() or (width or read_gguf_info(path).n_embd) < EXTRA_BUFFERS_MIN_WIDTH:
         def plain_buffers() -> Any:
             params = original()
             params.use_extra_bufts = False
@@ -278,7 +278,7 @@ class LlamaCppEngine:
             if warning := self.memory.warning():
                 console.print(f"[yellow]warning:[/] {warning}", highlight=False)
         self.template = template or self.info.template()
-        self.llm = load_llama(self.path, self.context_length, self.threads, logits_all, lora)
+        self.llm = load_llama(self.path, self.context_length, self.threads, logits_all, lora, self.info.n_embd)
         self._lib, self.vocab, self.bos = llama_cpp, self.llm._model.vocab, self.llm.token_bos()
         self._renderer = _JinjaRenderer(self.info.bos_text, self.info.eos_text)
         self._pieces: dict[int, bytes] = {}

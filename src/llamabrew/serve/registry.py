@@ -217,12 +217,10 @@ def open_registry(model_or_run: str, adapters: dict[str, str] | None = None, *, 
                   engine: str = "auto", quant: str = "q8_0") -> Registry:
     """Load what ``llamabrew serve`` serves. ``engine`` auto: a .gguf runs on llama.cpp, anything else on torch;
     llamacpp: a run or model directory is exported to GGUF (``quant``) on the fly."""
-    from llamabrew.serve.engines import open_torch_engine
+    from llamabrew.serve.engines import open_torch_engine, runs_on_llamacpp
 
-    if engine not in ("auto", "torch", "llamacpp"):
-        raise LlamabrewError(f"unknown engine '{engine}': choose auto, torch or llamacpp")
     adapters = adapters or {}
-    if engine == "llamacpp" or (engine == "auto" and Path(model_or_run).suffix == ".gguf"):
+    if runs_on_llamacpp(engine, model_or_run):
         return Registry(_open_gguf(model_or_run, adapters, name, template, ctx, threads, quant))
     if adapters or is_adapter_dir(model_or_run):
         return Registry(_open_torch(model_or_run, adapters, name, template))
