@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from llamabrew.errors import LlamabrewError
+from llamabrew.extras import pip_line, require
 
 
 def _busy_cores(seconds: float = 0.2) -> float:
@@ -83,6 +84,14 @@ def load_tokenizer(name_or_dir: str, trust_remote_code: bool = False) -> Any:
     return tok
 
 
+def check_4bit() -> None:
+    """QLoRA's needs, said in one line before any data or weights are loaded."""
+    if not torch.cuda.is_available():
+        raise LlamabrewError("4-bit loading (--qlora) needs a CUDA GPU and the 'gpu' extra: "
+                             f"{pip_line('gpu')}; on a CPU train without --qlora")
+    require("gpu", "4-bit loading (--qlora)", "bitsandbytes")
+
+
 def load_causal_lm(
     name_or_dir: str,
     dtype: torch.dtype = torch.float32,
@@ -94,8 +103,7 @@ def load_causal_lm(
 
     kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": trust_remote_code}
     if quantize_4bit:
-        if not torch.cuda.is_available():
-            raise LlamabrewError("4-bit loading (QLoRA) needs a CUDA GPU and `pip install llamabrew[gpu]`")
+        check_4bit()
         from transformers import BitsAndBytesConfig
 
         kwargs["quantization_config"] = BitsAndBytesConfig(

@@ -17,6 +17,7 @@ from rich.table import Table
 from llamabrew import evaluate, train
 from llamabrew.cli_common import console
 from llamabrew.data.formats import write_jsonl
+from llamabrew.extras import require
 from llamabrew.io import atomic_write_text
 from llamabrew.recipe import (
     DataConfig,
@@ -60,6 +61,8 @@ def sft_recipe(base: Path, train_file: Path, out: Path, seed: int) -> Recipe:
 def run(out: Path, entities: int = 200, pretrain_minutes: float = 4.0, seed: int = 0,
         gguf: bool = True) -> QuickstartResult:
     started = time.monotonic()
+    if gguf:  # said now, not after minutes of training
+        require("llamacpp", "llamabrew quickstart's GGUF step (--no-gguf skips it)")
     out = Path(out)
     people = make_world(entities, seed)
     rng = random.Random(seed)

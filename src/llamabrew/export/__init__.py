@@ -24,6 +24,7 @@ from llamabrew.export.lora_gguf import export_adapter_gguf
 from llamabrew.export.merge import MergeReport, merge
 from llamabrew.export.modelfile import ModelfileResult, derive_parts, stop_strings, write_modelfile
 from llamabrew.export.verify import BOUNDS, AnswerScore, Check, VerificationError, verify_gguf
+from llamabrew.extras import require
 
 __all__ = ["BOUNDS", "QUANTS", "AnswerScore", "Check", "ExportReport", "MergeReport", "QuantResult",
            "VerificationError", "cached_gguf", "default_gguf_path", "export_adapter", "export_adapter_gguf",
@@ -130,6 +131,7 @@ def export_gguf(model_or_run: str | Path, quant: str | Sequence[str] = "q8_0", o
         raise LlamabrewError("give at least one --quant")
     if eval_file is not None and not verify:
         raise LlamabrewError("--eval runs the GGUF in llama.cpp; it cannot be combined with --no-verify")
+    _require_llama_cpp(quants, verify)
     source, examples = str(model_or_run), None
     paths = _out_paths(source, quants, out)
     set_threads(threads)
@@ -179,6 +181,7 @@ def export_adapter(adapter: str | Path, out: str | Path, *, base: str | None = N
     from llamabrew.export.gguf_tokenizer import build_vocab
     from llamabrew.export.verify import reference_logits
 
+    _require_llama_cpp([], verify)
     path = export_adapter_gguf(adapter, out, base=base)
     if not verify:
         return path, None
@@ -191,6 +194,14 @@ def export_adapter(adapter: str | Path, out: str | Path, *, base: str | None = N
         base_gguf = write_gguf(plain.state_dict(), plain.config, vocab, ChatInfo(tmpl.jinja, tmpl.name),
                                Path(tmp) / "base-f16.gguf", "f16")
         return path, _checked(path, verify_gguf(base_gguf, ref, "f16", threads, lora=path))
+
+
+def _require_llama_cpp(quants: Sequence[str], verify: bool) -> None:
+    """Say before loading the model, not after minutes, that llama.cpp is needed and missing."""
+    if k_quants := [q for q in quants if q.endswith("_k_m")]:
+        require("llamacpp", f"{k_quants[0]} export (llama.cpp's quantizer)")
+    if verify:
+        require("llamacpp", "verifying a GGUF in llama.cpp (--no-verify skips it)")
 
 
 def _checked(path: Path, check: Check) -> Check:

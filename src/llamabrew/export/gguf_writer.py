@@ -22,6 +22,7 @@ from gguf import MODEL_ARCH, GGMLQuantizationType, GGUFWriter, LlamaFileType
 
 from llamabrew.errors import LlamabrewError
 from llamabrew.export.gguf_tokenizer import GGUFVocab, add_vocab
+from llamabrew.extras import require
 
 QUANTS = ("f16", "q8_0", "q4_0", "q4_k_m")
 # HF model_type -> (llama.cpp architecture, whether q/k rows need LLaMA's rotary permutation)
@@ -209,7 +210,7 @@ def publish(tmp: str | Path, out: Path) -> None:
 
 def llama_quantize(src: Path, dst: Path, quant: str, threads: int | None = None) -> Path:
     """Re-quantize a GGUF with llama.cpp's quantizer (the only source of K-quants), atomically."""
-    llama_cpp = require_llama_cpp("q4_k_m export")
+    llama_cpp = require("llamacpp", f"{quant} export (llama.cpp's quantizer)")
     from llamabrew.models import free_cores
 
     params = llama_cpp.llama_model_quantize_default_params()
@@ -237,14 +238,6 @@ def llama_quantize(src: Path, dst: Path, quant: str, threads: int | None = None)
     finally:
         Path(tmp).unlink(missing_ok=True)
     return dst
-
-
-def require_llama_cpp(what: str) -> Any:
-    try:
-        import llama_cpp
-    except ImportError as e:
-        raise LlamabrewError(f"{what} needs llama.cpp: pip install 'llamabrew[llamacpp]'") from e
-    return llama_cpp
 
 
 def write_probe_gguf(out: Path) -> Path:

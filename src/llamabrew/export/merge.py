@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from llamabrew.errors import LlamabrewError
+from llamabrew.extras import require
 from llamabrew.io import atomic_dir, atomic_write_text
 from llamabrew.models import adapter_base, is_adapter_dir, load_causal_lm, load_tokenizer
 
@@ -72,6 +73,7 @@ def load_full_precision(base: str, trust_remote_code: bool = False) -> Any:
         return load_causal_lm(base, torch.float32, trust_remote_code)
     method = quant.get("quant_method", "?")
     if method == "bitsandbytes" and torch.cuda.is_available():
+        require("gpu", f"dequantizing the 4-bit base '{base}'", "bitsandbytes")
         from transformers import AutoModelForCausalLM
 
         model = AutoModelForCausalLM.from_pretrained(

@@ -27,6 +27,7 @@ import numpy as np
 from llamabrew.cli_common import console
 from llamabrew.data.templates import BUILTIN, Template
 from llamabrew.errors import LlamabrewError
+from llamabrew.extras import require
 from llamabrew.models import free_cores
 from llamabrew.serve.engines import ContextLengthError, GenerationStats, Sampling, StopScanner
 
@@ -37,6 +38,7 @@ DEFAULT_CTX = 4096  # capped by the model's training context
 EXTRA_BUFFERS_MIN_WIDTH = 64
 DEFAULT_QUANT = "q8_0"  # for on-the-fly exports: near-lossless and still ~2x smaller than f16
 _GiB = 1024**3
+GGUF_USE = "running a model in llama.cpp"  # what needs the 'llamacpp' extra, in its error line
 
 
 def default_threads() -> int:
@@ -106,9 +108,7 @@ def load_llama(path: str | Path, n_ctx: int, threads: int | None = None, logits_
                lora_path: str | Path | None = None, width: int | None = None) -> Any:
     """A quiet `llama_cpp.Llama` on the free cores, avoiding AMX kernels that cannot run here or that go wrong
     on the model's ``width`` (its embedding length; read from the file when not given, which takes a while)."""
-    from llamabrew.export.gguf_writer import require_llama_cpp
-
-    llama_cpp = require_llama_cpp("running a GGUF model")
+    llama_cpp = require("llamacpp", GGUF_USE)
     import llama_cpp.llama_cpp as low
 
     original = low.llama_model_default_params
@@ -266,8 +266,7 @@ class LlamaCppEngine:
     def __init__(self, path: str | Path, threads: int | None = None, ctx: int | None = None,
                  template: Template | None = None, lora: str | Path | None = None, logits_all: bool = False,
                  announce: bool = True) -> None:
-        import llama_cpp
-
+        llama_cpp = require("llamacpp", GGUF_USE)
         self.path = Path(path)
         self.info = read_gguf_info(self.path)
         self.context_length = min(ctx or DEFAULT_CTX, self.info.context_length or DEFAULT_CTX)
@@ -372,6 +371,7 @@ def open_llamacpp_engine(model_or_run: str | Path, threads: int | None = None, c
     """An engine for a ``.gguf`` file, or a run / model directory exported on the fly (and cached)."""
     from llamabrew.data.templates import get_template
 
+    require("llamacpp", GGUF_USE)  # before exporting a run for minutes
     path = Path(model_or_run)
     if path.suffix != ".gguf":
         from llamabrew.export import cached_gguf

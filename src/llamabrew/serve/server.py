@@ -23,6 +23,7 @@ import typer
 
 from llamabrew.cli_common import console, friendly_errors
 from llamabrew.errors import LlamabrewError
+from llamabrew.extras import require
 
 if TYPE_CHECKING:  # importing the engines means importing torch: not for `llamabrew --help`
     from llamabrew.serve.engines import Engine, Sampling
@@ -170,7 +171,7 @@ class BodyLimit:
 @contextlib.contextmanager
 def run_in_thread(app: Any, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
     """Serve ``app`` with uvicorn on a background thread (tests, benchmarks); yields its base URL."""
-    import uvicorn
+    uvicorn = require("serve", "serving over HTTP", "uvicorn")
 
     sock = socket.socket()
     sock.bind((host, port))
@@ -270,6 +271,7 @@ def serve(
             console.print(f"[yellow]note:[/] {note}", highlight=False)
         print(line)
         return
+    require("serve", "llamabrew serve")  # before loading a model for minutes
     import uvicorn
 
     from llamabrew.models import set_threads

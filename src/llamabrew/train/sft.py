@@ -16,7 +16,7 @@ from llamabrew.data.formats import Example, find_duplicates, load_examples
 from llamabrew.data.templates import Template, get_template
 from llamabrew.errors import LlamabrewError
 from llamabrew.io import atomic_write_text
-from llamabrew.models import load_causal_lm, load_tokenizer, pick_device, pick_dtype, set_threads
+from llamabrew.models import check_4bit, load_causal_lm, load_tokenizer, pick_device, pick_dtype, set_threads
 from llamabrew.progress import progress_bar
 from llamabrew.recipe import Recipe, save_recipe
 from llamabrew.train.checkpoint import list_checkpoints
@@ -98,6 +98,8 @@ def run(recipe: Recipe) -> TrainResult:
     """Fine-tune ``recipe.model.base`` on ``recipe.data``; write the adapter (or model) to ``recipe.out``."""
     if not recipe.model.base:
         raise LlamabrewError("no base model: pass --base (hub id or local directory)")
+    if recipe.model.quantize_4bit:
+        check_4bit()
     if Path(recipe.model.base).is_dir():  # the adapter records its base: make it work from any directory
         recipe = recipe.model_copy(deep=True)
         recipe.model.base = str(Path(recipe.model.base).resolve())
