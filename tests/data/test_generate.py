@@ -131,8 +131,20 @@ def test_seed_formats(tmp_path: Path):
     own = load_seed_tasks()
     assert len(own) >= 20 and all(task_problem(t) is None for t in own)
     assert len(naive_filter([t["instruction"] for t in own])) == len(own)
-    shared = load_seed_tasks(SELF_INSTRUCT_SEEDS)
-    assert len(shared) == 175 and shared[1]["input"] == "Night : Day :: Right : Left"
+    self_instruct = tmp_path / "self_instruct.jsonl"  # Self-Instruct's layout: the task's first instance counts
+    self_instruct.write_text(
+        '{"id": "seed_task_1", "name": "antonym_relation", "instruction": "What is the relation between the '
+        'given pairs?", "instances": [{"input": "Night : Day :: Right : Left", "output": "They are opposites."}], '
+        '"is_classification": false}\n'
+        '{"id": "seed_task_6", "name": "resolutions", "instruction": "Brainstorm a list of New Year\'s '
+        'resolutions.", "instances": [{"input": "", "output": "- Exercise more"}, {"input": "x", "output": "y"}], '
+        '"is_classification": false}\n'
+    )
+    assert load_seed_tasks(self_instruct) == [
+        {"instruction": "What is the relation between the given pairs?", "input": "Night : Day :: Right : Left",
+         "output": "They are opposites."},
+        {"instruction": "Brainstorm a list of New Year's resolutions.", "input": "", "output": "- Exercise more"},
+    ]
     bad = tmp_path / "seeds.jsonl"
     bad.write_text(
         '{"instruction": "ok", "instances": [{"input": "", "output": "fine"}]}\n'
@@ -140,6 +152,15 @@ def test_seed_formats(tmp_path: Path):
     )
     with pytest.raises(InputError, match=r"seeds.jsonl:2: field 'output': missing"):
         load_seed_tasks(bad)
+    bad.write_text('{"instruction": "no instances", "instances": []}\n')
+    with pytest.raises(InputError, match=r"seeds.jsonl:1: field 'instances': must be a non-empty list"):
+        load_seed_tasks(bad)
+
+
+@pytest.mark.skipif(not SELF_INSTRUCT_SEEDS.is_file(), reason="needs ../shared/data/self_instruct_seed_tasks.jsonl")
+def test_the_175_self_instruct_seed_tasks_load():
+    tasks = load_seed_tasks(SELF_INSTRUCT_SEEDS)
+    assert len(tasks) == 175 and tasks[1]["input"] == "Night : Day :: Right : Left"
 
 
 # -- end to end
@@ -151,7 +172,7 @@ def test_generate_through_faults_duplicates_and_junk(tmp_path: Path):
     responder = self_instruct_responder(per_reply=4, dup_every=2, bad_every=3, as_json_every=4)
     with ScriptedTeacher(responder, faults, hang_s=0.5) as srv:
         summary = generate(
-            GenerateOptions(out=out, num=30, seeds=SELF_INSTRUCT_SEEDS),
+            GenerateOptions(out=out, num=30),  # llamabrew's own seed tasks
             teacher(srv.url, price=Price(1.0, 2.0), concurrency=1, max_retries=6),
         )
     kept = read_jsonl(out)
@@ -164,7 +185,8 @@ def test_generate_through_faults_duplicates_and_junk(tmp_path: Path):
     assert usage["retries"] == 5 and usage["requests"] >= 8 and srv.faults == []
     assert usage["cost_usd"] == pytest.approx(usage["requests"] * (100 * 1 + 200 * 2) / 1e6)
     prompts = [r["body"]["messages"][0]["content"] for r in srv.requests]
-    assert "Night : Day :: Right : Left" in "".join(prompts)  # seed tasks were shown
+    seeds = [t["instruction"].strip() for t in load_seed_tasks()]
+    assert sum(i in "".join(prompts) for i in seeds) >= 3  # seed tasks were shown
     assert any(i in p for p in prompts[5:] for i in instructions)  # and so were generated ones
     assert json.loads(summary_path(out).read_text())["kept"] == 30
     assert all(KEY not in f.read_text() for f in tmp_path.iterdir())

@@ -8,6 +8,7 @@ import random
 import pytest
 from scripted_teacher import SELF_INSTRUCT_SEEDS as SEED_TASKS
 
+from llamabrew.data.generate import load_seed_tasks
 from llamabrew.data.rouge import (
     RougeFilter,
     f1_from_lcs,
@@ -103,19 +104,35 @@ def test_scores_exactly_at_the_threshold():
     assert filter_novel(texts, 0.7) == reference_filter(texts, 0.7) == [True, False]
 
 
-def test_seed_tasks_and_their_edits():
-    seeds = [json.loads(line)["instruction"] for line in SEED_TASKS.read_text().splitlines()]
-    rng = random.Random(7)
-    edited = []
+def edited(seeds: list[str], rng: random.Random) -> list[str]:
+    """Each seed with 0-4 words replaced: from exact duplicates to new enough instructions."""
+    out = []
     for s in seeds:
         words = s.split()
         for _ in range(rng.randint(0, 4)):
             words[rng.randrange(len(words))] = rng.choice(["new", "the", "a", "quick", "list"])
-        edited.append(" ".join(words))
-    texts = seeds[:100] + edited[:100]
+        out.append(" ".join(words))
+    return out
+
+
+def test_seed_tasks_and_their_edits():
+    seeds = [t["instruction"] for t in load_seed_tasks()]  # llamabrew's own
+    rng = random.Random(7)
+    texts = seeds + edited(seeds, rng) + edited(seeds, rng)
     rng.shuffle(texts)
     expected = reference_filter(texts, 0.7)
-    assert 100 < sum(expected) < 200  # some edits are near-duplicates, some are not
+    assert len(seeds) < sum(expected) < len(texts)  # some edits are near-duplicates, some are not
+    assert filter_novel(texts, 0.7) == expected
+
+
+@pytest.mark.skipif(not SEED_TASKS.is_file(), reason="needs ../shared/data/self_instruct_seed_tasks.jsonl")
+def test_self_instruct_seed_tasks_and_their_edits():
+    seeds = [json.loads(line)["instruction"] for line in SEED_TASKS.read_text().splitlines()]
+    rng = random.Random(7)
+    texts = seeds[:100] + edited(seeds, rng)[:100]
+    rng.shuffle(texts)
+    expected = reference_filter(texts, 0.7)
+    assert 100 < sum(expected) < 200
     assert filter_novel(texts, 0.7) == expected
 
 
