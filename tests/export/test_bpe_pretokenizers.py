@@ -152,13 +152,13 @@ def test_export_verification_passes(exported: Exported) -> None:
 
 
 def test_llamacpp_tokenizes_tricky_text_like_transformers(exported: Exported) -> None:
-    """Same ids for plain text (special tokens parsed) and with the model's own specials added (BOS in front
-    for Llama-3, nothing for Qwen2)."""
-    from llamabrew.serve.llamacpp import load_llama
+    """Same ids from llama.cpp's stock vocab-only tokenizer for plain text (special tokens parsed) and with the
+    model's own specials added (BOS in front for Llama-3, nothing for Qwen2)."""
+    import llama_cpp
 
     tok, fam = exported.tokenizer, exported.family
     texts = [*TRICKY, f"<|im_start|>user\n{TRICKY[0]}<|im_end|>\n<|im_start|>assistant\n", f"the end{fam.eos}"]
-    llm = load_llama(exported.gguf, n_ctx=256, threads=1)
+    llm = llama_cpp.Llama(str(exported.gguf), vocab_only=True, verbose=False)  # stock: the file alone
     try:
         diff: dict[str, tuple[list[int], list[int]]] = {}
         for text in texts:

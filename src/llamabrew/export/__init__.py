@@ -51,7 +51,8 @@ class ExportReport:
     warnings: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
-        """A side-by-side table: size, verification and (with an eval file) answer scores per file."""
+        """A side-by-side table: size, verification and (with an eval file) answer scores per file; then the
+        warnings (how llama.cpp will read prompts differently, among others)."""
         def score(s: AnswerScore | None) -> str:
             return f"{s.exact:6.1%} {s.contains:8.1%}" if s else f"{'-':>6} {'-':>8}"
 
@@ -61,12 +62,12 @@ class ExportReport:
             out.append(f"{'torch':<7} {'':>8} {'':>11} {'':>6} {'':>6} {'':>6} {score(self.torch_score)}")
         for r in self.results:
             c = r.check
-            tokens = "same" if c and c.tokens_match else "DIFF"
+            tokens = "same" if c and c.tokens_match else "known" if c and c.tokens_ok else "DIFF"
             checked = (f"{c.max_abs_diff:11.4g} {c.rel_diff:6.3f} {c.top1:6.1%} {tokens:>6}" if c
                        else f"{'not verified':>32}")
             verdict = "" if c is None else "refused" if not c.passed else "ok" if c.bound else "reported"
             out.append(f"{r.quant:<7} {r.size_bytes / 2**20:8.1f} {checked} {score(r.score)}  {verdict}")
-        return out
+        return out + [f"warning: {w}" for w in self.warnings]
 
 
 def _say(verbose: bool, text: str) -> None:
@@ -151,6 +152,8 @@ def export_gguf(model_or_run: str | Path, quant: str | Sequence[str] = "q8_0", o
         model = model.merge_and_unload()  # in full precision; the reference above was taken before merging
     vocab = build_vocab(tokenizer, model.config.vocab_size, chat.stop)
     report.warnings += vocab.warnings
+    if warning := _template_warning(tokenizer, tmpl):
+        report.warnings.append(warning)
     state, name = model.state_dict(), Path(source).name or source
     for q, path in zip(quants, paths, strict=True):
         t0 = time.monotonic()
@@ -166,6 +169,7 @@ def export_gguf(model_or_run: str | Path, quant: str | Sequence[str] = "q8_0", o
         if ref is not None:
             _say(verbose, f"verifying {path.name} in llama.cpp")
             result.check = _checked(path, verify_gguf(path, ref, q, threads))
+            report.warnings += [w for w in result.check.token_warnings() if w not in report.warnings]
         if examples is not None:
             _say(verbose, f"scoring {path.name} on {len(examples)} examples")
             result.score = _score_gguf(path, tmpl, examples, max_new_tokens, threads)
@@ -208,11 +212,21 @@ def _checked(path: Path, check: Check) -> Check:
     """Refuse a failed f16 / q8_0 file (or any whose tokenization differs): keep it as ``*.rejected``."""
     from llamabrew.export.verify import enforce
 
-    if not check.passed and (check.bound is not None or not check.tokens_match):
+    if not check.passed and (check.bound is not None or not check.tokens_ok):
         rejected = path.with_name(path.name + ".rejected")
         os.replace(path, rejected)
         enforce(check, rejected)
     return check
+
+
+def _template_warning(tokenizer: Any, template: Any) -> str | None:
+    """Whether the trained template puts text where llama.cpp's SentencePiece dummy prefix differs from HF's."""
+    from llamabrew.export.gguf_tokenizer import space_prefix
+    from llamabrew.export.tokencheck import template_warning
+    from llamabrew.export.verify import check_conversations
+
+    texts = [template.render(tokenizer, conv, add_generation_prompt=True) for conv in check_conversations()]
+    return template_warning(tokenizer, space_prefix(tokenizer), template.name, texts)
 
 
 def _score_gguf(path: Path, template: Any, examples: list[Any], max_new_tokens: int,

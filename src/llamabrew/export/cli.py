@@ -93,8 +93,6 @@ def export(
         eval_limit=eval_limit,
         trust_remote_code=trust_remote_code,
     )
-    for warning in report.warnings:
-        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     console.print(f"[bold]exported[/] {report.source} (template {report.template})", highlight=False)
     for line in report.lines():
         console.print(line, highlight=False, soft_wrap=True)

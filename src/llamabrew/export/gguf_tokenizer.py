@@ -92,14 +92,22 @@ def _sentencepiece_style(spec: dict[str, Any]) -> bool:
 
 
 def _space_prefix(spec: dict[str, Any]) -> str:
-    """Where SentencePiece-style text gets its word-start '▁': "always" (every text run, also after special
-    tokens: llama.cpp's rule), "first" (only at the very start: HF's non-legacy Metaspace) or "never"."""
+    """Where the HF tokenizer gives SentencePiece-style text its word-start '▁' (the dummy prefix): "prepend"
+    (legacy ``Prepend`` normalizer: every text run, exactly llama.cpp's rule), "always" / "first" (Metaspace:
+    every run / only the run at offset 0, and never to a run that already starts with a space) or "never"
+    (Gemma)."""
     for p in _pieces(spec.get("normalizer")) + _pieces(spec.get("pre_tokenizer")):
         if p.get("type") == "Prepend":
-            return "always"
+            return "prepend"
         if p.get("type") == "Metaspace":
             return p.get("prepend_scheme", "always" if p.get("add_prefix_space", True) else "never")
     return "never"
+
+
+def space_prefix(tokenizer: Any) -> str | None:
+    """`_space_prefix` of a SentencePiece-style tokenizer; None for byte-level BPE (no dummy prefix at all)."""
+    spec = _backend_json(tokenizer)
+    return _space_prefix(spec) if _sentencepiece_style(spec) else None
 
 
 def build_vocab(tokenizer: Any, vocab_size: int, stop: tuple[str, ...] = ()) -> GGUFVocab:
@@ -173,11 +181,10 @@ def add_vocab(writer: GGUFWriter, vocab: GGUFVocab, chat_template: str | None) -
     writer.add_token_types(vocab.types)
     if vocab.scores is not None:
         writer.add_token_scores(vocab.scores)
-        # llama.cpp knows only "always"; for "first" the file says no prefix and records the rule, which
-        # llamabrew's engine applies (other runtimes then differ only in the first word of a prompt).
-        writer.add_add_space_prefix(vocab.space_prefix == "always")
-        if vocab.space_prefix == "first":
-            writer.add_string("llamabrew.space_prefix", "first")
+        # llama.cpp has one rule: a '▁' in front of every text run that starts the text or follows a special
+        # token (the original SentencePiece model's dummy prefix). That is HF's "prepend" and the nearest to
+        # Metaspace "always" / "first"; verification names the texts where those differ (`tokencheck`).
+        writer.add_add_space_prefix(vocab.space_prefix != "never")
     if vocab.merges:
         writer.add_token_merges(vocab.merges)
     for name, tid in vocab.special_ids.items():

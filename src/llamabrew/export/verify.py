@@ -2,12 +2,13 @@
 
 A GGUF can load and chat while being subtly wrong (a missed rotary permutation, a wrong pre-tokenizer, a lost
 chat template). So every export feeds the same prompts, rendered with the trained template, to torch and to
-llama.cpp and compares the token ids and the logits at every position.
+llama.cpp and compares the logits at every position, and the token ids stock llama.cpp reads from the file alone
+(`tokencheck`) with training's.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,8 @@ from llamabrew.data.formats import Example
 from llamabrew.data.templates import Template
 from llamabrew.errors import LlamabrewError
 from llamabrew.evaluate.scores import contains_match, exact_match
+from llamabrew.export.gguf_tokenizer import space_prefix
+from llamabrew.export.tokencheck import KNOWN, TokenDiff, diff_tokens, llamacpp_rule_ids, stock_vocab
 from llamabrew.serve.engines import Sampling, generate_text
 
 
@@ -73,6 +76,12 @@ class Reference:
     logits: list[np.ndarray]
     probe_texts: list[str]  # compared token by token only
     probe_ids: list[list[int]]
+    rule_ids: list[list[int]] = field(default_factory=list)  # texts + probes under llama.cpp's dummy-prefix rule
+
+    def token_texts(self) -> tuple[list[str], list[list[int]], list[list[int]]]:
+        """Every text checked token by token, HF's ids, and the ids of the known llama.cpp difference."""
+        ids = self.ids + self.probe_ids
+        return self.texts + self.probe_texts, ids, self.rule_ids or ids
 
 
 def check_conversations(prompts: tuple[str, ...] = CHECK_PROMPTS) -> list[list[dict[str, str]]]:
@@ -102,7 +111,9 @@ def reference_logits(
         logits.append(out.float().cpu().numpy())
     probes = [template.render(tokenizer, [{"role": "user", "content": p}], add_generation_prompt=True)
               for p in TOKENIZER_PROBES]
-    return Reference(texts, ids, logits, probes, [encode_text(tokenizer, t) for t in probes])
+    scheme = space_prefix(tokenizer)
+    rule = [llamacpp_rule_ids(tokenizer, scheme, t) for t in texts + probes]
+    return Reference(texts, ids, logits, probes, [encode_text(tokenizer, t) for t in probes], rule)
 
 
 @dataclass
@@ -111,8 +122,22 @@ class Check:
     max_abs_diff: float
     logit_std: float
     top1: float
-    tokens_match: bool
+    token_diffs: list[TokenDiff]  # texts stock llama.cpp tokenizes differently from training
     positions: int
+
+    @property
+    def tokens_match(self) -> bool:
+        return not self.token_diffs
+
+    @property
+    def tokens_ok(self) -> bool:
+        """No difference but the known SentencePiece dummy prefix (reported, not refused)."""
+        return all(d.known for d in self.token_diffs)
+
+    def token_warnings(self) -> list[str]:
+        """The known differences, each text named (reported, not refused)."""
+        known = [f"llama.cpp reads {d.describe()}" for d in self.token_diffs if d.known]
+        return [KNOWN, *known] if known else []
 
     @property
     def rel_diff(self) -> float:
@@ -123,9 +148,9 @@ class Check:
         return BOUNDS.get(self.quant)
 
     def problems(self) -> list[str]:
-        out = (
-            [] if self.tokens_match else ["llama.cpp tokenizes the prompts differently from the HF tokenizer"]
-        )
+        wrong = [d.describe() for d in self.token_diffs if not d.known]
+        out = [f"llama.cpp tokenizes the prompts differently from the HF tokenizer in {len(wrong)} texts: "
+               + "; ".join(wrong[:3]) + (" ..." if len(wrong) > 3 else "")] if wrong else []
         if b := self.bound:
             if self.rel_diff > b.max_rel_diff and self.max_abs_diff > b.abs_floor:
                 out.append(
@@ -141,19 +166,18 @@ class Check:
         return not self.problems()
 
     def summary(self) -> str:
-        verdict = "ok" if self.passed else "FAILED" if self.bound or not self.tokens_match else "reported"
+        verdict = "ok" if self.passed else "FAILED" if self.bound or not self.tokens_ok else "reported"
+        tokens = ("same" if self.tokens_match else f"same but the dummy prefix in {len(self.token_diffs)} texts"
+                  if self.tokens_ok else "DIFFERS")
         return (
             f"{self.quant}: max |Δlogit| {self.max_abs_diff:.4g} ({self.rel_diff:.3f} std), top-1 agreement "
-            f"{self.top1:.1%} over {self.positions} positions, tokenizer "
-            f"{'same' if self.tokens_match else 'DIFFERS'}"
-            f" -> {verdict}"
+            f"{self.top1:.1%} over {self.positions} positions, tokenizer {tokens} -> {verdict}"
         )
 
 
-def compare(engine: Any, ref: Reference, quant: str) -> Check:
-    """Compare a `LlamaCppEngine` opened with ``logits_all=True`` against the torch reference."""
-    pairs = zip(ref.texts + ref.probe_texts, ref.ids + ref.probe_ids, strict=True)
-    tokens_match = all(engine.encode(t) == ids for t, ids in pairs)
+def compare(engine: Any, ref: Reference, quant: str, token_diffs: list[TokenDiff]) -> Check:
+    """Compare a `LlamaCppEngine` opened with ``logits_all=True`` against the torch reference (on HF's ids, so
+    a tokenizer difference does not hide a weight difference); ``token_diffs`` from `tokencheck.diff_tokens`."""
     max_diff, agree, n = 0.0, 0, 0
     for ids, want in zip(ref.ids, ref.logits, strict=True):
         got = engine.logits(ids)[:, : want.shape[1]]
@@ -163,26 +187,32 @@ def compare(engine: Any, ref: Reference, quant: str) -> Check:
         agree += int((picked >= want.max(-1) - tol).sum())
         n += len(ids)
     std = float(np.concatenate([w.ravel() for w in ref.logits]).std())
-    return Check(quant, max_diff, std, agree / max(n, 1), tokens_match, n)
+    return Check(quant, max_diff, std, agree / max(n, 1), token_diffs, n)
 
 
 def verify_gguf(
     path: str | Path, ref: Reference, quant: str, threads: int | None = None, lora: str | Path | None = None
 ) -> Check:
-    """Load ``path`` in llama.cpp (with an optional LoRA GGUF on top) and compare it with ``ref``."""
+    """Load ``path`` in llama.cpp (with an optional LoRA GGUF on top) and compare it with ``ref``: tokens through
+    llama.cpp's stock vocab-only tokenizer, logits through the engine."""
     from llamabrew.serve.llamacpp import LlamaCppEngine
 
+    vocab = stock_vocab(path)
+    try:
+        token_diffs = diff_tokens(vocab, *ref.token_texts())
+    finally:
+        vocab.close()
     ctx = max(len(i) for i in ref.ids) + 16
     engine = LlamaCppEngine(path, threads=threads, ctx=ctx, lora=lora, logits_all=True, announce=False)
     try:
-        return compare(engine, ref, quant)
+        return compare(engine, ref, quant, token_diffs)
     finally:
         engine.close()
 
 
 def enforce(check: Check, path: str | Path) -> None:
     """Refuse an f16 / q8_0 export (or any with a tokenizer mismatch) that fails its bound."""
-    if (check.bound is not None or not check.tokens_match) and not check.passed:
+    if (check.bound is not None or not check.tokens_ok) and not check.passed:
         raise VerificationError(
             f"{path}: export verification failed: {'; '.join(check.problems())}. "
             "Please report this with the model's config.json (or skip with --no-verify)."

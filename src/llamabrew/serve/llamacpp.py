@@ -129,6 +129,15 @@ def load_llama(path: str | Path, n_ctx: int, threads: int | None = None, logits_
         low.llama_model_default_params = original
 
 
+def stock_tokenize(llm: Any, text: str) -> list[int]:
+    """``text`` tokenized by llama.cpp alone: special tokens parsed, BOS where the file's ``add_bos_token`` says,
+    no llamabrew-only rule (export verification and the engine both read prompts through this). A text that
+    already starts with BOS (a template writing ``bos_token``) keeps just that one, as training does."""
+    data = text.encode("utf-8")
+    own = llm.tokenize(data, add_bos=False, special=True)
+    return own if own[:1] == [llm.token_bos()] else llm.tokenize(data, add_bos=True, special=True)
+
+
 @dataclass
 class GGUFInfo:
     """What a GGUF header says about the model, its tokenizer and its chat format."""
@@ -150,7 +159,6 @@ class GGUFInfo:
     chat_template: str | None
     template_name: str | None
     stop: tuple[str, ...]
-    space_prefix_first: bool = False  # SentencePiece '▁' only at the start of a prompt (HF non-legacy)
 
     def template(self) -> Template:
         """The chat format stored in the file: a built-in one when the Jinja matches, else the file's own."""
@@ -195,8 +203,7 @@ def read_gguf_info(path: str | Path) -> GGUFInfo:
         int(get(f"{arch}.attention.key_length", n_embd // max(n_head, 1))), len(tokens),
         sum(int(t.n_bytes) for t in reader.tensors), bool(get("tokenizer.ggml.add_bos_token", True)),
         text_of("tokenizer.ggml.bos_token_id"), text_of("tokenizer.ggml.eos_token_id"),
-        get("tokenizer.chat_template"), get("llamabrew.template"), tuple(get("llamabrew.stop", ())),
-        get("llamabrew.space_prefix") == "first")
+        get("tokenizer.chat_template"), get("llamabrew.template"), tuple(get("llamabrew.stop", ())))
 
 
 @dataclass
@@ -285,14 +292,9 @@ class LlamaCppEngine:
         self.lock = threading.Lock()
 
     def encode(self, text: str) -> list[int]:
-        """Tokenize rendered template text as training did: special tokens parsed, BOS added if expected."""
-        ids = self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
-        if self.info.space_prefix_first and ids and not text.startswith(" ") \
-                and not self._lib.llama_vocab_is_control(self.vocab, ids[0]):
-            ids = self.llm.tokenize(b" " + text.encode("utf-8"), add_bos=False, special=True)
-        if self.info.add_bos and self.bos >= 0 and (not ids or ids[0] != self.bos):
-            ids = [self.bos, *ids]
-        return ids
+        """Rendered template text as stock llama.cpp reads it (`stock_tokenize`), so a prompt here is the prompt
+        Ollama or llama-server would run."""
+        return stock_tokenize(self.llm, text)
 
     def piece(self, token: int) -> bytes:
         """The bytes of one token (cached; llama-cpp-python's own helper truncates long tokens)."""
