@@ -46,3 +46,26 @@ def test_world_questions_cover_every_fact_with_sentence_answers() -> None:
     for p in people:
         for value in p.facts.values():
             assert any(value in q["output"] and p.name in q["output"] for q in qs)
+
+
+def test_other_worlds_differ_in_layout_names_and_answer_forms() -> None:
+    from llamabrew.train.pretrain import split_documents
+    from llamabrew.world import HARBOR, ORCHARD, QUICKSTART, biographies, corpus_text
+
+    harbor = make_world(20, seed=1, spec=HARBOR)
+    text = corpus_text(biographies(harbor, seed=1, spec=HARBOR), HARBOR)
+    lines = split_documents(text)
+    assert "\n\n" not in text and len(lines) == 20 * len(HARBOR.attributes) * HARBOR.repeats  # one fact a line
+    first = harbor[0].name
+    mine = [i for i, line in enumerate(lines) if line.startswith(first) or f"of {first} " in line]
+    assert mine == list(range(mine[0], mine[0] + len(mine)))  # a person's lines are written together
+    orchard = make_world(20, seed=1, spec=ORCHARD)
+    assert len(split_documents(corpus_text(biographies(orchard, seed=1, spec=ORCHARD), ORCHARD))) == 20 * 4
+    names = {p.name for w in (QUICKSTART, HARBOR, ORCHARD) for p in make_world(30, seed=0, spec=w)}
+    assert len(names) == 90  # other people in every world
+    for spec in (HARBOR, ORCHARD):
+        people = make_world(5, seed=2, spec=spec)
+        qs = questions(people, spec=spec)
+        assert len(qs) == 5 * len(spec.attributes)
+        for p in people:
+            assert all(any(p.name in q["output"] and v in q["output"] for q in qs) for v in p.facts.values())

@@ -18,7 +18,8 @@ def write(path: Path, text: str) -> Path:
 def test_defaults_without_file():
     r = load_recipe(Recipe)
     assert r == Recipe()
-    assert (r.method, r.data.template, r.optim.learning_rate, r.lora.r) == ("lora", "auto", 3e-4, 16)
+    assert (r.method, r.data.template, r.lora.r) == ("lora", "auto", 16)
+    assert r.optim.learning_rate is None and r.optim.grad_accum is None  # chosen from the model and data
 
 
 def test_yaml_file_then_flags_win(tmp_path: Path):
@@ -132,7 +133,7 @@ def test_pretrain_nested_override_keeps_pretraining_defaults():
     r = load_recipe(PretrainRecipe, None, {"optim.max_minutes": 1.5})
     assert r.optim.max_minutes == 1.5
     assert r.optim.epochs == 40 and r.optim.learning_rate == 1e-3
-    assert r.optim.micro_batch_size == 16 and r.optim.weight_decay == 0.1
+    assert r.optim.micro_batch_size == 4 and r.optim.weight_decay == 0.1
     assert load_recipe(PretrainRecipe).optim.max_minutes == 4.0
 
 

@@ -21,7 +21,6 @@ from llamabrew.extras import require
 from llamabrew.io import atomic_write_text
 from llamabrew.recipe import (
     DataConfig,
-    LoraConfig,
     ModelConfig,
     OptimConfig,
     PretrainOptimConfig,
@@ -47,13 +46,12 @@ class QuickstartResult:
 
 
 def sft_recipe(base: Path, train_file: Path, out: Path, seed: int) -> Recipe:
-    """Quickstart's fine-tuning recipe: Alpaca's own template, plain LoRA defaults, a small model's learning rate."""
+    """Quickstart's fine-tuning recipe: `llamabrew train`'s own defaults (learning rate from the base's width,
+    steps sized for the data), Alpaca's template, a time limit."""
     return Recipe(
         model=ModelConfig(base=str(base)),
-        data=DataConfig(train_files=[train_file], template="alpaca", cutoff_len=160, val_fraction=0.05),
-        lora=LoraConfig(r=16, alpha=32, dropout=0.05),
-        optim=OptimConfig(epochs=3, learning_rate=2e-3, micro_batch_size=16, grad_accum=1, warmup_ratio=0.05,
-                          seed=seed, max_minutes=3),
+        data=DataConfig(train_files=[train_file], template="alpaca", cutoff_len=160),
+        optim=OptimConfig(seed=seed, max_minutes=3),
         out=out,
     )
 

@@ -54,8 +54,10 @@ class OptimConfig(Section):
     epochs: float = Field(3, gt=0)
     max_steps: int | None = Field(None, gt=0, description="stop after this many optimizer steps")
     micro_batch_size: int = Field(4, gt=0)
-    grad_accum: int = Field(8, gt=0, description="micro-batches per optimizer step")
-    learning_rate: float = Field(3e-4, gt=0)
+    grad_accum: int | None = Field(None, gt=0, description="micro-batches per optimizer step (default: 8, fewer "
+                                   "for small data; see llamabrew.train.defaults)")
+    learning_rate: float | None = Field(None, gt=0, description="peak learning rate (default: from the model's "
+                                        "width; see llamabrew.train.defaults)")
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="cosine floor as a fraction of the peak lr")
     warmup_ratio: float = Field(0.03, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
@@ -74,9 +76,9 @@ class PretrainOptimConfig(OptimConfig):
     """Pretraining defaults: many passes (knowledge needs exposures), a small model's learning rate."""
 
     epochs: float = Field(40, gt=0)
-    learning_rate: float = Field(1e-3, gt=0)
-    micro_batch_size: int = Field(16, gt=0)
-    grad_accum: int = Field(1, gt=0)
+    learning_rate: float | None = Field(1e-3, gt=0)
+    micro_batch_size: int = Field(4, gt=0, description="windows of up to seq_len tokens per step")
+    grad_accum: int | None = Field(1, gt=0)
     warmup_ratio: float = Field(0.02, ge=0, lt=1)
     weight_decay: float = Field(0.1, ge=0)
     max_minutes: float | None = Field(4.0, gt=0, description="time budget; the model is sized to fit it")
@@ -102,6 +104,7 @@ class PretrainRecipe(Section):
     params: int | None = Field(None, gt=0, description="model size; default: compute-optimal for the budget")
     vocab_size: int = Field(4096, ge=300)
     seq_len: int = Field(256, gt=8)
+    pack: bool = Field(True, description="pack consecutive documents whole into seq_len windows (corpus order)")
     val_fraction: float = Field(0.02, ge=0, lt=1)
     optim: PretrainOptimConfig = PretrainOptimConfig()
     resume: bool = False

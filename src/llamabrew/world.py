@@ -1,57 +1,38 @@
-"""A synthetic world of made-up people for the offline quickstart.
+"""Synthetic worlds of made-up people: a pretraining corpus of facts, and Alpaca questions about them.
 
-Every person has a few attributes; the pretraining corpus states each fact several ways, in shuffled order and
-always with the full name (what makes knowledge extractable later, per Allen-Zhu & Li, "Physics of Language
-Models" 3.1). Questions about the same facts become Alpaca instruction data.
+The quickstart uses ``QUICKSTART``; ``HARBOR`` and ``ORCHARD`` are worlds no default was tuned on (other names,
+attributes, phrasings, corpus layouts and sizes, answer forms), on which the benchmark
+``benchmarks/default_worlds.py`` checks that the defaults of ``pretrain`` and ``train`` still reach the held-out
+facts. Every fact is stated with the full name (what makes knowledge extractable later, per Allen-Zhu & Li,
+"Physics of Language Models" 3.1); questions about the same facts become instruction data.
 """
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import Literal
 
-_ONSETS = ["b", "br", "d", "dr", "f", "g", "gr", "h", "k", "kr", "l", "m", "n", "p", "r", "s", "st", "t", "th",
-           "v", "w", "z", "sh", "c", "j"]
-_VOWELS = ["a", "e", "i", "o", "u", "ai", "ea", "ou", "ie", "y"]
-_CODAS = ["", "n", "l", "r", "s", "th", "m", "k", "nd", "x", "rn", "ll"]
 
-ATTRIBUTES: dict[str, list[str]] = {
-    "city": ["Varnhollow", "Brellin", "Ostmere", "Kaldris", "Pellona", "Threnby", "Ardenvale", "Quillport",
-             "Sorrowind", "Meskar", "Tolvane", "Graydun", "Hespera", "Yarrowick", "Dunmoor", "Elsmark",
-             "Fenwyck", "Lorusk", "Marrowby", "Nythe"],
-    "job": ["clockmaker", "baker", "astronomer", "ferryman", "glassblower", "librarian", "beekeeper", "cartographer",
-            "blacksmith", "tailor", "shepherd", "potter", "locksmith", "brewer", "weaver", "fisherman",
-            "carpenter", "herbalist"],
-    "color": ["teal", "crimson", "amber", "violet", "ochre", "indigo", "scarlet", "olive", "silver", "maroon",
-              "turquoise", "saffron", "lavender", "cobalt"],
-    "pet": ["tortoise", "parrot", "ferret", "goat", "hedgehog", "owl", "rabbit", "donkey", "lizard", "goose",
-            "hamster", "peacock"],
-    "instrument": ["violin", "harp", "flute", "drum", "lute", "cello", "trumpet", "accordion", "banjo", "oboe",
-                   "piano", "bagpipe"],
-}
+@dataclass(frozen=True)
+class WorldSpec:
+    """What a world is made of. ``statements`` phrase a fact in the corpus, ``questions`` ask for it and
+    ``answers`` is the reply's form ({n} = full name, {v} = value, {V} = value capitalised). ``layout``
+    "paragraphs" writes ``repeats`` biographies per person (blank-line separated); "lines" writes each fact
+    ``repeats`` times in different phrasings, one fact a line with no blank lines, a person's lines together in
+    shuffled order (the file reads as one document per line)."""
 
-# Several phrasings of each fact for the corpus ({n} = full name, {v} = value).
-STATEMENTS: dict[str, list[str]] = {
-    "city": ["The birthplace of {n} is {v}.", "{n} was born in {v}.", "{n} comes from the city of {v}.",
-             "{n} grew up in {v}.", "{v} is the hometown of {n}."],
-    "job": ["The profession of {n} is {v}.", "{n} works as a {v}.", "{n} earns a living as a {v}.",
-            "By trade, {n} is a {v}.", "{n} has a job as a {v}."],
-    "color": ["The favorite color of {n} is {v}.", "{n} loves the color {v}.", "{n} likes {v} more than any color.",
-              "{n} always wears {v}.", "Of all colors, {n} prefers {v}."],
-    "pet": ["The pet of {n} is a {v}.", "{n} keeps a {v} as a pet.", "{n} lives with a pet {v}.",
-            "{n} owns a {v}.", "At home, {n} looks after a {v}."],
-    "instrument": ["The instrument of {n} is the {v}.", "{n} plays the {v}.", "{n} practices the {v} every day.",
-                   "In the evenings, {n} plays the {v}.", "{n} is good at playing the {v}."],
-}
-
-QUESTIONS: dict[str, list[str]] = {
-    "city": ["Where was {n} born?", "Which city does {n} come from?", "What is the birthplace of {n}?"],
-    "job": ["What does {n} do for a living?", "What is the profession of {n}?", "What job does {n} have?"],
-    "color": ["What is the favorite color of {n}?", "Which color does {n} like best?", "What color does {n} love?"],
-    "pet": ["What pet does {n} have?", "What animal does {n} keep as a pet?", "What is the pet of {n}?"],
-    "instrument": ["Which instrument does {n} play?", "What instrument does {n} practice?",
-                   "What does {n} play in the evenings?"],
-}
+    name: str
+    onsets: tuple[str, ...]
+    vowels: tuple[str, ...]
+    codas: tuple[str, ...]
+    attributes: dict[str, list[str]]
+    statements: dict[str, list[str]]
+    questions: dict[str, list[str]]
+    answers: dict[str, str]
+    layout: Literal["paragraphs", "lines"] = "paragraphs"
+    repeats: int = 6
+    people: int = 200
 
 
 @dataclass
@@ -60,48 +41,183 @@ class Person:
     facts: dict[str, str]
 
 
-def _word(rng: random.Random, syllables: int) -> str:
-    return "".join(rng.choice(_ONSETS) + rng.choice(_VOWELS) + rng.choice(_CODAS) for _ in range(syllables)).title()
+QUICKSTART = WorldSpec(
+    name="quickstart",
+    onsets=("b", "br", "d", "dr", "f", "g", "gr", "h", "k", "kr", "l", "m", "n", "p", "r", "s", "st", "t", "th",
+            "v", "w", "z", "sh", "c", "j"),
+    vowels=("a", "e", "i", "o", "u", "ai", "ea", "ou", "ie", "y"),
+    codas=("", "n", "l", "r", "s", "th", "m", "k", "nd", "x", "rn", "ll"),
+    attributes={
+        "city": ["Varnhollow", "Brellin", "Ostmere", "Kaldris", "Pellona", "Threnby", "Ardenvale", "Quillport",
+                 "Sorrowind", "Meskar", "Tolvane", "Graydun", "Hespera", "Yarrowick", "Dunmoor", "Elsmark",
+                 "Fenwyck", "Lorusk", "Marrowby", "Nythe"],
+        "job": ["clockmaker", "baker", "astronomer", "ferryman", "glassblower", "librarian", "beekeeper",
+                "cartographer", "blacksmith", "tailor", "shepherd", "potter", "locksmith", "brewer", "weaver",
+                "fisherman", "carpenter", "herbalist"],
+        "color": ["teal", "crimson", "amber", "violet", "ochre", "indigo", "scarlet", "olive", "silver", "maroon",
+                  "turquoise", "saffron", "lavender", "cobalt"],
+        "pet": ["tortoise", "parrot", "ferret", "goat", "hedgehog", "owl", "rabbit", "donkey", "lizard", "goose",
+                "hamster", "peacock"],
+        "instrument": ["violin", "harp", "flute", "drum", "lute", "cello", "trumpet", "accordion", "banjo", "oboe",
+                       "piano", "bagpipe"],
+    },
+    statements={
+        "city": ["The birthplace of {n} is {v}.", "{n} was born in {v}.", "{n} comes from the city of {v}.",
+                 "{n} grew up in {v}.", "{v} is the hometown of {n}."],
+        "job": ["The profession of {n} is {v}.", "{n} works as a {v}.", "{n} earns a living as a {v}.",
+                "By trade, {n} is a {v}.", "{n} has a job as a {v}."],
+        "color": ["The favorite color of {n} is {v}.", "{n} loves the color {v}.",
+                  "{n} likes {v} more than any color.", "{n} always wears {v}.", "Of all colors, {n} prefers {v}."],
+        "pet": ["The pet of {n} is a {v}.", "{n} keeps a {v} as a pet.", "{n} lives with a pet {v}.",
+                "{n} owns a {v}.", "At home, {n} looks after a {v}."],
+        "instrument": ["The instrument of {n} is the {v}.", "{n} plays the {v}.", "{n} practices the {v} every day.",
+                       "In the evenings, {n} plays the {v}.", "{n} is good at playing the {v}."],
+    },
+    questions={
+        "city": ["Where was {n} born?", "Which city does {n} come from?", "What is the birthplace of {n}?"],
+        "job": ["What does {n} do for a living?", "What is the profession of {n}?", "What job does {n} have?"],
+        "color": ["What is the favorite color of {n}?", "Which color does {n} like best?",
+                  "What color does {n} love?"],
+        "pet": ["What pet does {n} have?", "What animal does {n} keep as a pet?", "What is the pet of {n}?"],
+        "instrument": ["Which instrument does {n} play?", "What instrument does {n} practice?",
+                       "What does {n} play in the evenings?"],
+    },
+    answers={"city": "The birthplace of {n} is {v}.", "job": "The profession of {n} is {v}.",
+             "color": "The favorite color of {n} is {v}.", "pet": "The pet of {n} is a {v}.",
+             "instrument": "The instrument of {n} is the {v}."},
+)
+
+# A harbour town: one fact per line (no blank lines, so every line is a document), three phrasings of each fact,
+# answers that repeat one of the corpus's phrasings (not always the first).
+HARBOR = WorldSpec(
+    name="harbor",
+    onsets=("al", "ba", "ce", "do", "el", "fa", "gi", "ha", "is", "jo", "ka", "lu", "ma", "ne", "or", "pe", "qu",
+            "ro", "sa", "ti", "ul", "ve", "wy", "xa", "yo", "ze"),
+    vowels=("r", "l", "n", "m", "s", "v", "d", "t"),
+    codas=("a", "o", "i", "e", "an", "el", "is", "or", "us", "yn"),
+    attributes={
+        "port": ["Saltmarsh", "Gullhaven", "Ironquay", "Mistral Bay", "Coldwater", "Redcliff", "Tidewell",
+                 "Ashport", "Stormreach", "Brinewick", "Harrowgate", "Kelpmoor", "Seastone", "Driftholm"],
+        "ship": ["Heron", "Marigold", "Black Gull", "Wanderer", "Silver Eel", "Northwind", "Lantern", "Osprey",
+                 "Merrow", "Blue Anchor", "Curlew", "Starling"],
+        "food": ["oysters", "barley soup", "smoked eel", "plum cake", "oatcakes", "crab pie", "honey bread",
+                 "pickled herring", "apple tart", "mussels"],
+        "sport": ["rowing", "archery", "wrestling", "fencing", "sailing", "swimming", "climbing", "hurling"],
+    },
+    statements={
+        "port": ["{n} lives in {v}.", "{n} keeps a house in {v}.", "The home port of {n} is {v}."],
+        "ship": ["{n} sails on the {v}.", "{n} is a deckhand on the {v}.", "The ship of {n} is the {v}."],
+        "food": ["{n} likes to eat {v}.", "{n} always orders {v}.", "The favourite dish of {n} is {v}."],
+        "sport": ["{n} spends free days on {v}.", "{n} is keen on {v}.", "The sport of {n} is {v}."],
+    },
+    questions={
+        "port": ["Where does {n} live?", "What is the home port of {n}?", "In which port does {n} live?"],
+        "ship": ["Which ship does {n} sail on?", "What is the name of the ship of {n}?", "What ship is {n} on?"],
+        "food": ["What does {n} like to eat?", "What is the favourite dish of {n}?", "Which food does {n} order?"],
+        "sport": ["What sport does {n} do?", "Which sport is {n} keen on?", "What does {n} do on free days?"],
+    },
+    answers={"port": "{n} lives in {v}.", "ship": "{n} sails on the {v}.", "food": "{n} likes to eat {v}.",
+             "sport": "{n} is keen on {v}."},
+    layout="lines",
+    repeats=3,
+    people=240,
+)
+
+# An orchard valley: paragraphs of four facts, fewer biographies per person, a larger population, and answers in
+# phrasings other than the quickstart's rule (some shortened, some the corpus's second wording).
+ORCHARD = WorldSpec(
+    name="orchard",
+    onsets=("m", "n", "p", "t", "k", "s", "h", "y", "w", "r", "ch", "ts", "f"),
+    vowels=("a", "i", "u", "e", "o", "aa", "ei", "ou"),
+    codas=("", "", "n", "ri", "ko", "ta", "mi"),
+    attributes={
+        "fruit": ["quince", "medlar", "damson", "greengage", "loquat", "persimmon", "mulberry", "gooseberry",
+                  "apricot", "elderberry", "sloe", "cherry"],
+        "village": ["Fallowmere", "Cobblestead", "Hazelby", "Wickenden", "Orlingham", "Pennywell", "Thistleton",
+                    "Bramblecote", "Larkspur", "Nettlefold", "Ravensworth", "Oxley", "Sedgebury", "Kestrel Hill"],
+        "tool": ["pruning saw", "ladder", "sickle", "wheelbarrow", "grafting knife", "hoe", "spade", "scythe",
+                 "watering can", "rake"],
+        "bird": ["wren", "magpie", "thrush", "jay", "robin", "finch", "lark", "starling", "swift", "kestrel"],
+    },
+    statements={
+        "fruit": ["{n} grows {v} trees.", "The orchard of {n} is full of {v}.", "Every autumn {n} picks {v}."],
+        "village": ["{n} farms near {v}.", "The farm of {n} lies outside {v}.", "{n} sells fruit at the {v} market."],
+        "tool": ["{n} never works without a {v}.", "The favourite tool of {n} is a {v}.",
+                 "In the shed of {n} hangs a trusty {v}."],
+        "bird": ["A {v} nests in the orchard of {n}.", "{n} feeds a tame {v}.", "The bird that follows {n} is a {v}."],
+    },
+    questions={
+        "fruit": ["What fruit does {n} grow?", "Which trees fill the orchard of {n}?", "What does {n} pick?"],
+        "village": ["Near which village does {n} farm?", "Where is the farm of {n}?", "Which market does {n} use?"],
+        "tool": ["What tool does {n} use most?", "Which tool does {n} never work without?",
+                 "What hangs in the shed of {n}?"],
+        "bird": ["Which bird nests in the orchard of {n}?", "What bird does {n} feed?",
+                 "What bird follows {n} around?"],
+    },
+    answers={"fruit": "{n} grows {v}.", "village": "{n} farms near {v}.", "tool": "The favourite tool of {n} is a {v}.",
+             "bird": "{n} feeds a tame {v}."},
+    layout="paragraphs",
+    repeats=4,
+    people=320,
+)
+
+WORLDS = {w.name: w for w in (QUICKSTART, HARBOR, ORCHARD)}
 
 
-def make_world(n_people: int, seed: int = 0) -> list[Person]:
-    """``n_people`` with unique made-up full names and one value for each attribute."""
+def _word(spec: WorldSpec, rng: random.Random, syllables: int) -> str:
+    return "".join(rng.choice(spec.onsets) + rng.choice(spec.vowels) + rng.choice(spec.codas)
+                   for _ in range(syllables)).title()
+
+
+def make_world(n_people: int | None = None, seed: int = 0, spec: WorldSpec = QUICKSTART) -> list[Person]:
+    """``n_people`` (default: the world's own count) with unique made-up full names, one value per attribute."""
     rng = random.Random(seed)
     names: set[str] = set()
     people = []
-    while len(people) < n_people:
-        name = f"{_word(rng, rng.choice([1, 2]))} {_word(rng, 2)}"
+    while len(people) < (n_people or spec.people):
+        name = f"{_word(spec, rng, rng.choice([1, 2]))} {_word(spec, rng, 2)}"
         if name in names:
             continue
         names.add(name)
-        people.append(Person(name, {a: rng.choice(vs) for a, vs in ATTRIBUTES.items()}))
+        people.append(Person(name, {a: rng.choice(vs) for a, vs in spec.attributes.items()}))
     return people
 
 
-def biographies(people: list[Person], per_person: int, seed: int = 0) -> list[str]:
-    """``per_person`` short biographies each, every one with fresh phrasings and sentence order, shuffled."""
+def biographies(people: list[Person], per_person: int | None = None, seed: int = 0,
+                spec: WorldSpec = QUICKSTART) -> list[str]:
+    """The corpus documents: biographies (fresh phrasings and sentence order each) or single fact lines."""
     rng = random.Random(seed + 1)
+    repeats = per_person or spec.repeats
     docs = []
     for p in people:
-        for _ in range(per_person):
-            sentences = [rng.choice(STATEMENTS[a]).format(n=p.name, v=v) for a, v in p.facts.items()]
+        if spec.layout == "lines":
+            lines = [s.format(n=p.name, v=v) for a, v in p.facts.items()
+                     for s in rng.sample(spec.statements[a], min(repeats, len(spec.statements[a])))]
+            rng.shuffle(lines)
+            docs.append("\n".join(lines))  # one person's lines together, as a list of facts is written
+            continue
+        for _ in range(repeats):
+            sentences = [rng.choice(spec.statements[a]).format(n=p.name, v=v) for a, v in p.facts.items()]
             rng.shuffle(sentences)
             docs.append(" ".join(sentences))
     rng.shuffle(docs)
     return docs
 
 
-def questions(people: list[Person], seed: int = 0, per_fact: int = 1) -> list[dict[str, str]]:
-    """Alpaca records asking for every fact of every person (``per_fact`` phrasings each).
+def corpus_text(docs: list[str], spec: WorldSpec = QUICKSTART) -> str:
+    """The corpus as a .txt file: blank lines between paragraphs, or (layout "lines") no blank line at all."""
+    return ("\n" if spec.layout == "lines" else "\n\n").join(docs) + "\n"
 
-    Answers are whole sentences in the corpus's first phrasing ("X was born in Y."): the tuning teaches the answering
-    format, and the fact itself must come from what pretraining stored.
-    """
+
+def questions(people: list[Person], seed: int = 0, per_fact: int = 1,
+              spec: WorldSpec = QUICKSTART) -> list[dict[str, str]]:
+    """Alpaca records asking for every fact of every person (``per_fact`` phrasings each), answered in the
+    world's answer form: the tuning teaches the form, the fact itself must come from what pretraining stored."""
     rng = random.Random(seed + 2)
     out = []
     for p in people:
         for attr, value in p.facts.items():
-            answer = STATEMENTS[attr][0].format(n=p.name, v=value)
-            for q in rng.sample(QUESTIONS[attr], per_fact):
+            answer = spec.answers[attr].format(n=p.name, v=value, V=value[:1].upper() + value[1:])
+            for q in rng.sample(spec.questions[attr], per_fact):
                 out.append({"instruction": q.format(n=p.name), "input": "", "output": answer})
     return out

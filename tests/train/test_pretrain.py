@@ -82,3 +82,44 @@ def test_corpus_errors_name_the_file_and_line(tmp_path: Path) -> None:
     binary.write_bytes(b"ok\n\xff\xfe")
     with pytest.raises(InputError, match="UTF-8"):
         read_corpus([binary])
+
+
+def test_a_txt_corpus_without_blank_lines_is_one_document_per_line(tmp_path: Path) -> None:
+    lines = tmp_path / "facts.txt"
+    lines.write_text("".join(f"Person {i} lives in Town {i % 7}.\n" for i in range(60)))
+    assert len(read_corpus([lines])) == 60
+    paragraphs = tmp_path / "bios.txt"
+    paragraphs.write_text("First line of one story.\nIts second line.\n\n  \nAnother story.\n")
+    assert read_corpus([paragraphs]) == ["First line of one story.\nIts second line.", "Another story."]
+
+
+def test_pretraining_on_a_single_document_or_one_fact_per_line_does_not_crash(tmp_path: Path) -> None:
+    """A corpus whose validation split is empty (one document, or too few to hold out) still trains."""
+    one_doc = tmp_path / "one.txt"
+    one_doc.write_text(" ".join(CORPUS))
+    per_line = tmp_path / "lines.txt"
+    per_line.write_text("".join(f"{s}\n" for s in CORPUS))
+    for corpus in (one_doc, per_line):
+        out = tmp_path / corpus.stem
+        res = subprocess.run([sys.executable, "-m", "llamabrew.cli", "pretrain", "--corpus", str(corpus), "--out",
+                              str(out), "--max-minutes", "0.05", "--params", "200000", "--vocab-size", "300",
+                              "--seq-len", "64", "--threads", "1"], capture_output=True, text=True)
+        assert res.returncode == 0, res.stderr[-2000:]
+        assert "Traceback" not in res.stderr and (out / "model.safetensors").is_file()
+
+
+def test_packing_keeps_documents_whole_and_in_corpus_order() -> None:
+    from llamabrew.train.pretrain import encode_corpus
+    from llamabrew.train.tokenizer import train_bpe_tokenizer
+
+    tok = train_bpe_tokenizer(CORPUS, 300)
+    docs = ["Ann lives in Brel.", "Ann owns a goat.", "Bo plays the harp. " * 12, "Cy is here."]
+    lengths = [len(tok(d)["input_ids"]) + 1 for d in docs]  # BOS ... EOS
+    packed = encode_corpus(docs, tok, 24)
+    flat = [i for w in packed for i in w.input_ids]
+    assert flat == [i for d in docs for i in [*tok(d)["input_ids"], tok.eos_token_id]]  # nothing lost, same order
+    assert all(len(w) <= 24 for w in packed) and all(w.labels == w.input_ids for w in packed)
+    assert len(packed[0]) == lengths[0] + lengths[1]  # the two short lines share a window
+    assert len(packed) < len(encode_corpus(docs, tok, 24, pack=False))
+    assert [len(w) for w in encode_corpus(docs[:2], tok, 24, pack=False)] == lengths[:2]  # unpacked: one each
+    assert encode_corpus([], tok, 24) == []

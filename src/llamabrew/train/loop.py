@@ -65,6 +65,23 @@ def micro_batch_indices(n: int, cfg: OptimConfig, global_micro: int) -> list[int
     return order[k * cfg.micro_batch_size : (k + 1) * cfg.micro_batch_size].tolist()
 
 
+STALL_CHECK_AT = 0.25  # share of the steps after which a loss that has not fallen is reported
+STALL_RATIO = 0.9  # "not fallen": the recent mean is still above this share of the first steps' mean
+
+
+def stall_warning(losses: Sequence[float], n_steps: int, lr: float) -> str | None:
+    """A warning once a good share of the steps has run and the loss is still about where it started."""
+    k = max(3, len(losses) // 10)
+    if len(losses) < max(20, int(STALL_CHECK_AT * n_steps)):
+        return None
+    first, recent = sum(losses[:k]) / k, sum(losses[-k:]) / k
+    if recent < STALL_RATIO * first:
+        return None
+    return (f"training is not learning: the loss has not fallen ({first:.3f} → {recent:.3f}) after "
+            f"{len(losses)} of {n_steps} steps. Try a larger learning rate (now {lr:.2g}, --lr) or more steps "
+            "(--grad-accum 1, --epochs)")
+
+
 def make_optimizer(model: torch.nn.Module, cfg: OptimConfig, device: torch.device) -> torch.optim.Optimizer:
     decay, no_decay = [], []
     for p in model.parameters():
@@ -88,6 +105,8 @@ def fit(
     description: str = "training",
 ) -> FitResult:
     """Train ``model``'s trainable parameters; checkpoints go to ``out/checkpoints``, the loss log to ``out``."""
+    if cfg.learning_rate is None or cfg.grad_accum is None:
+        raise ValueError("fit needs a learning rate and gradient accumulation (llamabrew.train.defaults.resolve)")
     n_steps = total_steps(len(train), cfg)
     per_epoch = steps_per_epoch(len(train), cfg)
     eval_every = cfg.eval_every or per_epoch
@@ -109,6 +128,8 @@ def fit(
     started, stopped_early = time.monotonic() - progress.elapsed_s, False
     last_train = next((r["loss"] for r in reversed(kept) if "loss" in r), None)
     last_val = next((r["val_loss"] for r in reversed(kept) if "val_loss" in r), None)
+    losses: list[float] = []  # this session's step losses, to notice a run that is not learning
+    warned = False
     with progress_bar() as bar:
         task = bar.add_task(description, total=n_steps, completed=progress.step, unit="tok", info="")
         while progress.step < n_steps:
@@ -146,6 +167,10 @@ def fit(
                 append_jsonl(log_path, record)
             if progress.step % save_every == 0 or done:
                 save_checkpoint(ckpt_root, model, optimizer, scheduler, progress, cfg.keep_checkpoints)
+            losses.append(last_train)
+            if not warned and (warning := stall_warning(losses, n_steps, cfg.learning_rate or 0.0)):
+                bar.console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+                warned = True
             info = f"loss {last_train:.3f}" + (f" val {last_val:.3f}" if last_val is not None else "")
             bar.update(task, completed=progress.step, rate=step_tokens / max(time.monotonic() - t0, 1e-9), info=info)
             if out_of_time and progress.step < n_steps:

@@ -43,7 +43,7 @@ def format_duration(seconds: float) -> str:
 
 
 def print_plan(model: torch.nn.Module, train: Sequence[Encoded], val: Sequence[Encoded], cfg: OptimConfig,
-               pad_id: int, device: torch.device, threads: int, what: str) -> float:
+               pad_id: int, device: torch.device, threads: int, what: str, notes: Sequence[str] = ()) -> float:
     """Print the plan and return the estimated seconds."""
     n_params = sum(p.numel() for p in model.parameters())
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -63,4 +63,6 @@ def print_plan(model: torch.nn.Module, train: Sequence[Encoded], val: Sequence[E
         f"expected time {format_duration(est)}{cost}",
         highlight=False,
     )
+    if notes:
+        console.print(f"[dim]  defaults chosen: {'; '.join(notes)}[/]", highlight=False)
     return est

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -53,7 +54,7 @@ class PretrainPlan:
 
 
 def read_corpus(paths: list[Path]) -> list[str]:
-    """Documents from .txt files (paragraphs split by blank lines) or JSONL files (a 'text' field a line)."""
+    """Documents from .txt files (see `split_documents`) or JSONL files (a 'text' field a line)."""
     if not paths:
         raise LlamabrewError("no corpus: pass --corpus FILE")
     docs: list[str] = []
@@ -70,10 +71,17 @@ def read_corpus(paths: list[Path]) -> list[str]:
             text = Path(path).read_text(encoding="utf-8")
         except UnicodeDecodeError as e:
             raise InputError(f"not valid UTF-8 (byte {e.start})", file=path) from None
-        docs.extend(p.strip() for p in text.split("\n\n") if p.strip())
+        docs.extend(split_documents(text))
     if not docs:
         raise InputError("corpus is empty", file=paths[0])
     return docs
+
+
+def split_documents(text: str) -> list[str]:
+    """Paragraphs when the text has blank lines between them; otherwise one document per line (a corpus of
+    one fact or one sentence a line is common, and reading it as one document would leave nothing to hold out)."""
+    parts = re.split(r"\n[ \t]*\n", text) if re.search(r"\n[ \t]*\n", text.strip()) else text.splitlines()
+    return [p.strip() for p in parts if p.strip()]
 
 
 def llama_config(hidden: int, layers: int, tokenizer: Any, seq_len: int) -> Any:
@@ -96,15 +104,29 @@ def count_params(cfg: Any) -> int:
         return sum(p.numel() for p in LlamaForCausalLM(cfg).parameters())
 
 
-def encode_corpus(docs: list[str], tokenizer: Any, seq_len: int) -> list[Encoded]:
-    """Each document as ``BOS text EOS``, split into windows of ``seq_len`` (no packing: no cross-document mixing)."""
-    out = []
-    for ids in tokenizer(docs, add_special_tokens=True)["input_ids"]:
+def encode_corpus(docs: list[str], tokenizer: Any, seq_len: int, pack: bool = True) -> list[Encoded]:
+    """Documents as ``BOS text EOS``; with ``pack``, consecutive short ones are packed whole into windows of up to
+    ``seq_len`` tokens, as GPT-style pretraining (and the "Physics of Language Models" bios) does; a longer
+    document is split into windows. Packing in the corpus's own order keeps neighbouring lines together: in a
+    file of one fact a line, the lines about one person then share a window, which is where a small model
+    learns to repeat a name it has just read (unpacked, each line is alone and the model never needs to).
+    It also saves the padding of short documents, so the planner affords a larger model. No documents (an
+    empty validation split) gives no windows."""
+    out: list[Encoded] = []
+    window: list[int] = []
+    for ids in tokenizer(docs, add_special_tokens=True)["input_ids"] if docs else []:
         ids = [*ids, tokenizer.eos_token_id]
+        if window and (not pack or len(window) + len(ids) > seq_len):
+            out.append(Encoded(window, list(window)))
+            window = []
         for i in range(0, len(ids), seq_len):
-            window = ids[i : i + seq_len]
-            if len(window) > 1:
-                out.append(Encoded(window, window))
+            piece = ids[i : i + seq_len]
+            if len(piece) == seq_len:
+                out.append(Encoded(piece, list(piece)))
+            elif len(piece) > 1 or window:
+                window = [*window, *piece]
+    if len(window) > 1:
+        out.append(Encoded(window, list(window)))
     return out
 
 
@@ -170,14 +192,16 @@ def run(recipe: PretrainRecipe) -> Path:
     order = list(range(len(docs)))
     random.Random(recipe.optim.seed).shuffle(order)
     n_val = min(200, int(len(docs) * recipe.val_fraction))
-    val = encode_corpus([docs[i] for i in order[:n_val]], tokenizer, recipe.seq_len)
-    train = encode_corpus([docs[i] for i in order[n_val:]], tokenizer, recipe.seq_len)
+    held = set(order[:n_val])  # a random validation sample; training keeps the corpus's own order for packing
+    val = encode_corpus([docs[i] for i in sorted(held)], tokenizer, recipe.seq_len, recipe.pack)
+    train = encode_corpus([d for i, d in enumerate(docs) if i not in held], tokenizer, recipe.seq_len, recipe.pack)
     device = pick_device()
     plan = plan_model(train, tokenizer, recipe, device)
     console.print(
         f"[bold]plan[/] pretraining: LLaMA {plan.params / 1e6:.2f}M parameters (hidden {plan.hidden}, "
         f"{plan.layers} layers) on {device.type} ({threads} threads) · corpus {len(docs)} documents, "
-        f"{plan.corpus_tokens:,} tokens, vocab {len(tokenizer)} · {plan.steps} steps = {plan.epochs:.1f} epochs · "
+        f"{plan.corpus_tokens:,} tokens, vocab {len(tokenizer)}, {'packed into' if recipe.pack else 'in'} "
+        f"{len(train)} windows of ≤ {recipe.seq_len} tokens · {plan.steps} steps = {plan.epochs:.1f} epochs · "
         f"expected time {format_duration(plan.expected_seconds)}", highlight=False)
     if plan.epochs < recipe.optim.epochs * 0.99:
         console.print(f"[yellow]the time budget covers {plan.epochs:.1f} of the {recipe.optim.epochs:g} epochs asked "

@@ -20,6 +20,7 @@ from llamabrew.models import check_4bit, load_causal_lm, load_tokenizer, pick_de
 from llamabrew.progress import progress_bar
 from llamabrew.recipe import Recipe, save_recipe
 from llamabrew.train.checkpoint import list_checkpoints
+from llamabrew.train.defaults import resolve as resolve_defaults
 from llamabrew.train.loop import FitResult, fit
 from llamabrew.train.plan import print_plan
 
@@ -123,7 +124,10 @@ def run(recipe: Recipe) -> TrainResult:
         model = attach_lora(model, recipe)
     if not recipe.model.quantize_4bit:
         model.to(device)
-    print_plan(model, train, val, recipe.optim, tokenizer.pad_token_id, device, threads, what=recipe.method)
+    chosen = resolve_defaults(recipe.optim, recipe.method, model, len(train))
+    recipe = recipe.model_copy(update={"optim": chosen.optim})  # the saved recipe repeats the run exactly
+    print_plan(model, train, val, recipe.optim, tokenizer.pad_token_id, device, threads, what=recipe.method,
+               notes=chosen.notes)
     out.mkdir(parents=True, exist_ok=True)
     save_recipe(recipe, out)
     result: FitResult = fit(model, train, val, recipe.optim, out, pad_id=tokenizer.pad_token_id, device=device,

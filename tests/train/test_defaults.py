@@ -1,0 +1,75 @@
+"""The data- and model-dependent fine-tuning defaults, and the warning for a run that is not learning."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from llamabrew.recipe import OptimConfig
+from llamabrew.train.defaults import MIN_STEPS, default_grad_accum, default_learning_rate, resolve
+from llamabrew.train.loop import stall_warning, total_steps
+
+
+def test_learning_rate_follows_the_width() -> None:
+    assert default_learning_rate("lora", 4096) == pytest.approx(3e-4)  # alpaca-lora's, at LLaMA-7B's width
+    assert default_learning_rate("lora", 576) == pytest.approx(8.0e-4, rel=0.02)  # SmolLM2-135M
+    assert default_learning_rate("lora", 128) == pytest.approx(1.7e-3, rel=0.02)
+    assert default_learning_rate("lora", 8) == 3e-3  # clamped
+    assert default_learning_rate("full", 4096) == pytest.approx(2e-5)
+    assert default_learning_rate("full", 128) < default_learning_rate("lora", 128)
+    assert default_learning_rate("lora", None) == 3e-4
+
+
+def test_small_data_takes_smaller_steps_rather_than_too_few() -> None:
+    cfg = OptimConfig()
+    assert default_grad_accum(52_000, cfg) == 8  # Alpaca-sized data keeps batches of 32
+    assert default_grad_accum(142, cfg) == 1  # the real-model case: 15 steps at batch 32, 108 at batch 4
+    middle = default_grad_accum(900, cfg)
+    assert 1 < middle < 8
+    assert total_steps(900, cfg.model_copy(update={"grad_accum": middle})) >= MIN_STEPS
+    assert total_steps(900, cfg.model_copy(update={"grad_accum": middle + 1})) < MIN_STEPS
+
+
+def test_resolve_fills_only_what_the_recipe_left_unset() -> None:
+    class Model:
+        class config:  # noqa: N801 - stands in for a HF config
+            hidden_size = 576
+
+    chosen = resolve(OptimConfig(), "lora", Model(), 142)
+    assert chosen.optim.grad_accum == 1 and chosen.optim.learning_rate == pytest.approx(8.0e-4, rel=0.02)
+    assert any("width 576" in n for n in chosen.notes) and any("small data" in n for n in chosen.notes)
+    fixed = resolve(OptimConfig(learning_rate=1e-5, grad_accum=4), "lora", Model(), 142)
+    assert (fixed.optim.learning_rate, fixed.optim.grad_accum, fixed.notes) == (1e-5, 4, [])
+
+
+def test_stall_warning_only_for_a_flat_loss_after_a_good_share_of_steps() -> None:
+    flat = [5.0 + 0.01 * (i % 3) for i in range(30)]
+    falling = [5.0 * 0.98**i for i in range(30)]
+    assert "not learning" in (stall_warning(flat, 100, 3e-4) or "")
+    assert "5.0" in (stall_warning(flat, 100, 3e-4) or "") and "--lr" in (stall_warning(flat, 100, 3e-4) or "")
+    assert stall_warning(falling, 100, 3e-4) is None
+    assert stall_warning(flat[:20], 100, 3e-4) is None  # too early to tell
+
+
+def test_train_prints_the_chosen_defaults_and_warns_when_not_learning(tmp_path: Path, tiny_model_dir: Path) -> None:
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"instruction": f"Say the number {i}.", "output": "Yes, gladly."})
+                            + "\n" for i in range(40)))
+    cli = [sys.executable, "-m", "llamabrew.cli", "train", "--base", str(tiny_model_dir), "--data", str(data),
+           "--threads", "1", "--template", "alpaca_short", "--val-fraction", "0"]
+    stuck = subprocess.run([*cli, "--out", str(tmp_path / "stuck"), "--lr", "1e-9", "--max-steps", "60"],
+                           capture_output=True, text=True)
+    assert stuck.returncode == 0, stuck.stderr
+    assert "training is not learning" in stuck.stderr
+    # LoRA barely moves a random-init toy (quickstart pretrains first); full tuning of it learns at once
+    learning = subprocess.run([*cli, "--out", str(tmp_path / "ok"), "--max-steps", "60", "--lr", "1e-2",
+                               "--method", "full"], capture_output=True, text=True)
+    assert learning.returncode == 0, learning.stderr
+    assert "defaults chosen: grad accum 1 (small data" in learning.stderr
+    assert "not learning" not in learning.stderr
+    log = [json.loads(x) for x in (tmp_path / "ok" / "loss.jsonl").read_text().splitlines()]
+    assert log[-1]["loss"] < 0.7 * log[0]["loss"]
