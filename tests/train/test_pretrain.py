@@ -115,11 +115,11 @@ def test_packing_keeps_documents_whole_and_in_corpus_order() -> None:
     tok = train_bpe_tokenizer(CORPUS, 300)
     docs = ["Ann lives in Brel.", "Ann owns a goat.", "Bo plays the harp. " * 12, "Cy is here."]
     lengths = [len(tok(d)["input_ids"]) + 1 for d in docs]  # BOS ... EOS
-    packed = encode_corpus(docs, tok, 24)
+    packed = encode_corpus(docs, tok, 40)
     flat = [i for w in packed for i in w.input_ids]
     assert flat == [i for d in docs for i in [*tok(d)["input_ids"], tok.eos_token_id]]  # nothing lost, same order
-    assert all(len(w) <= 24 for w in packed) and all(w.labels == w.input_ids for w in packed)
+    assert all(len(w) <= 40 for w in packed) and all(w.labels == w.input_ids for w in packed)
     assert len(packed[0]) == lengths[0] + lengths[1]  # the two short lines share a window
-    assert len(packed) < len(encode_corpus(docs, tok, 24, pack=False))
-    assert [len(w) for w in encode_corpus(docs[:2], tok, 24, pack=False)] == lengths[:2]  # unpacked: one each
-    assert encode_corpus([], tok, 24) == []
+    assert len(packed) < len(encode_corpus(docs, tok, 40, pack=False))
+    assert [len(w) for w in encode_corpus(docs[:2], tok, 40, pack=False)] == lengths[:2]  # unpacked: one each
+    assert encode_corpus([], tok, 40) == []
