@@ -33,11 +33,12 @@ from statistics import median
 import torch
 
 from llamabrew.data.templates import BUILTIN
-from llamabrew.export.gguf_tokenizer import build_vocab
-from llamabrew.export.gguf_writer import ChatInfo, write_gguf
+from llamabrew.gguf.vocab import build_vocab
+from llamabrew.gguf.writer import ChatInfo, write_gguf
 from llamabrew.export.verify import reference_logits, verify_gguf
-from llamabrew.serve.engines import Sampling
-from llamabrew.serve.llamacpp import LlamaCppEngine, default_threads, extra_buffers_work, load_llama
+from llamabrew.engines import Sampling
+from llamabrew.engines.llamacpp import LlamaCppEngine
+from llamabrew.gguf.runtime import default_threads, extra_buffers_work, load_llama
 
 ROOT = Path(__file__).resolve().parents[1]
 SEEDS = ROOT.parent / "shared" / "data" / "self_instruct_seed_tasks.jsonl"

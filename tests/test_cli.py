@@ -192,3 +192,87 @@ def test_eval_missing_data_file(invoke, tiny_model_dir: Path, tmp_path: Path):
     assert result.exit_code == 2
     (line,) = error_lines(result.stderr)
     assert str(missing) in line and "no such file" in line
+
+
+# --- flags declared once: derived from the recipe's fields, `--set` for the rest, recipe sections -------------
+
+
+def test_every_flag_is_a_recipe_field_described_once(invoke):
+    """A flag's help is its field's description, so a field is written down in one place."""
+    from llamabrew.cli import EVAL_FLAGS, PRETRAIN_FLAGS, TRAIN_FLAGS
+    from llamabrew.export.cli import EXPORT_FLAGS
+    from llamabrew.recipe import EvalRecipe, ExportRecipe, PretrainRecipe, Recipe, ServeRecipe, field_of
+    from llamabrew.serve.cli import SERVE_FLAGS
+
+    for cls, flags, command in [(Recipe, TRAIN_FLAGS, "train"), (PretrainRecipe, PRETRAIN_FLAGS, "pretrain"),
+                                (EvalRecipe, EVAL_FLAGS, "eval"), (ExportRecipe, EXPORT_FLAGS, "export"),
+                                (ServeRecipe, SERVE_FLAGS, "serve")]:
+        shown = " ".join(invoke(command, "--help").stdout.split())
+        for spec in flags.values():
+            dotted = spec if isinstance(spec, str) else spec[0]
+            description = field_of(cls, dotted).description
+            assert description, f"{command}: {dotted} has no description"
+            assert " ".join(description.split())[:40] in shown, (command, dotted)
+        assert "--set" in shown
+
+
+def test_set_and_flags_reach_the_recipe(invoke, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    from types import SimpleNamespace
+
+    import llamabrew.train as train_stage
+
+    seen = []
+
+    def fake_run(recipe):
+        seen.append(recipe)
+        return SimpleNamespace(steps=1, train_loss=1.0, val_loss=None, out=recipe.out)
+
+    monkeypatch.setattr(train_stage, "run", fake_run)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("optim:\n  weight_decay: 0.5\n  epochs: 7\n", encoding="utf-8")
+    result = invoke("train", recipe, "--base", "b", "--epochs", "2", "--set", "optim.weight_decay=0.01",
+                    "--set", "lora.target_modules=[q_proj, v_proj]", "--set", "data.packing=true", "--drop-duplicates")
+    assert result.exit_code == 0, result.stderr
+    r = seen[-1]
+    assert r.model.base == "b" and r.optim.epochs == 2 and r.optim.weight_decay == 0.01
+    assert r.lora.target_modules == ["q_proj", "v_proj"] and r.data.packing is True and r.data.drop_duplicates
+    assert r.resume is False  # a switch left off does not override the recipe
+    bad = invoke("train", "--base", "b", "--set", "optim.wieght_decay=1")
+    assert bad.exit_code == 2 and error_lines(bad.stderr) == [
+        "error: --set optim.wieght_decay=1: no such recipe field 'optim.wieght_decay'"]
+    bad = invoke("train", "--base", "b", "--set", "optim.epochs")
+    assert bad.exit_code == 2 and "expected KEY=VALUE" in bad.stderr
+
+
+def test_eval_export_and_serve_read_recipe_sections(invoke, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    """`eval`, `export` and `serve` take the fields of their recipe section from a YAML file, flags on top."""
+    import llamabrew.evaluate as evaluate
+    import llamabrew.export as export_stage
+    from llamabrew.evaluate import EvalReport, EvalResult
+
+    calls: dict[str, tuple] = {}
+    monkeypatch.setattr(evaluate, "run", lambda *a, **k: calls.setdefault("eval", (a, k))
+                        and EvalResult(EvalReport(1, 1.0, 1.0)))
+    (tmp_path / "eval.yaml").write_text("model: runs/x\ndata: held.jsonl\nmax_new_tokens: 9\n", encoding="utf-8")
+    result = invoke("eval", "--recipe", tmp_path / "eval.yaml", "--limit", "3", "--json")
+    assert result.exit_code == 0, result.stderr
+    args, kwargs = calls["eval"]
+    assert args == ("runs/x", Path("held.jsonl")) and kwargs["max_new_tokens"] == 9 and kwargs["limit"] == 3
+    assert json.loads(result.stdout)["n"] == 1
+
+    class Report:
+        source, template, results = "runs/x", "alpaca", []
+
+        def lines(self):
+            return []
+
+    monkeypatch.setattr(export_stage, "export_gguf", lambda *a, **k: calls.setdefault("export", (a, k)) and Report())
+    (tmp_path / "export.yaml").write_text("model: runs/x\nquants: [q8_0, q4_k_m]\nverify: false\n", encoding="utf-8")
+    result = invoke("export", "--recipe", tmp_path / "export.yaml", "-q", "f16", "--no-modelfile")
+    assert result.exit_code == 0, result.stderr
+    args, kwargs = calls["export"]
+    assert args[:2] == ("runs/x", ["f16"]) and kwargs["verify"] is False and kwargs["modelfile"] is False
+
+    (tmp_path / "serve.yaml").write_text("model: runs/x.gguf\nport: 9999\n", encoding="utf-8")
+    result = invoke("serve", "--recipe", tmp_path / "serve.yaml", "--set", "port=70000")
+    assert result.exit_code == 2 and "field 'port'" in result.stderr  # validated like any recipe

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from llamabrew.cli_common import console, friendly_errors
-from llamabrew.recipe import PretrainRecipe, Recipe, load_recipe
+from llamabrew.cli_common import Flags, console, friendly_errors, recipe_flags
+from llamabrew.recipe import EvalRecipe, PretrainRecipe, Recipe, load_recipe
 
 
 def _quiet_libraries() -> None:
@@ -35,55 +35,37 @@ app = typer.Typer(
 Opt = typer.Option
 
 
+# CLI flag → recipe field: type and help come from the field (`recipe_flags`); `--set KEY=VALUE` covers the rest.
+TRAIN_FLAGS: Flags = {
+    "base": "model.base", "data": "data.train_files", "val_data": "data.val_files", "out": "out",
+    "template": "data.template", "method": "method", "epochs": "optim.epochs", "max_steps": "optim.max_steps",
+    "lr": "optim.learning_rate", "micro_batch_size": "optim.micro_batch_size", "grad_accum": "optim.grad_accum",
+    "cutoff_len": "data.cutoff_len", "overlong": "data.overlong", "train_on_inputs": "data.train_on_inputs",
+    "drop_duplicates": ("data.drop_duplicates", "--drop-duplicates"), "lora_r": "lora.r",
+    "lora_alpha": "lora.alpha", "lora_dropout": "lora.dropout", "qlora": ("model.quantize_4bit", "--qlora"),
+    "val_fraction": "data.val_fraction", "eval_every": "optim.eval_every", "save_every": "optim.save_every",
+    "max_minutes": "optim.max_minutes", "precision": "optim.precision", "seed": "optim.seed",
+    "threads": "optim.threads", "resume": ("resume", "--resume"),
+    "trust_remote_code": ("model.trust_remote_code", "--trust-remote-code"),
+}
+PRETRAIN_FLAGS: Flags = {
+    "corpus": "corpus", "out": "out", "params": "params", "max_minutes": "optim.max_minutes",
+    "epochs": "optim.epochs", "lr": "optim.learning_rate", "vocab_size": "vocab_size", "seq_len": "seq_len",
+    "seed": "optim.seed", "threads": "optim.threads", "resume": ("resume", "--resume"),
+}
+
+
 @app.command()
 @friendly_errors
+@recipe_flags(Recipe, TRAIN_FLAGS)
 def train(
     recipe: Annotated[Path | None, typer.Argument(help="recipe YAML; flags override its values")] = None,
-    base: Annotated[str | None, Opt(help="base model: hub id or local directory")] = None,
-    data: Annotated[list[Path] | None, Opt(help="training data: Alpaca JSON/JSONL, ShareGPT or messages")] = None,
-    val_data: Annotated[list[Path] | None, Opt(help="held-out data (default: a split of --data)")] = None,
-    out: Annotated[Path | None, Opt(help="output directory (adapter, loss log, checkpoints)")] = None,
-    template: Annotated[str | None, Opt(help="auto, alpaca, alpaca_short, vicuna or chatml")] = None,
-    method: Annotated[str | None, Opt(help="lora (default) or full")] = None,
-    epochs: Annotated[float | None, Opt(help="passes over the data")] = None,
-    max_steps: Annotated[int | None, Opt(help="stop after this many optimizer steps")] = None,
-    lr: Annotated[float | None, Opt(help="peak learning rate (warmup, then cosine)")] = None,
-    micro_batch_size: Annotated[int | None, Opt(help="examples per forward pass")] = None,
-    grad_accum: Annotated[int | None, Opt(help="micro-batches per optimizer step")] = None,
-    cutoff_len: Annotated[int | None, Opt(help="max tokens per example")] = None,
-    overlong: Annotated[str | None, Opt(help="examples over the cutoff: truncate or drop")] = None,
-    train_on_inputs: Annotated[bool | None, Opt("--train-on-inputs/--no-train-on-inputs",
-                                                help="also learn the prompt tokens")] = None,
-    drop_duplicates: Annotated[bool | None, Opt("--drop-duplicates", help="remove exact duplicates")] = None,
-    lora_r: Annotated[int | None, Opt(help="LoRA rank")] = None,
-    lora_alpha: Annotated[int | None, Opt(help="LoRA alpha")] = None,
-    lora_dropout: Annotated[float | None, Opt(help="LoRA dropout")] = None,
-    qlora: Annotated[bool | None, Opt("--qlora", help="4-bit base (CUDA + bitsandbytes)")] = None,
-    val_fraction: Annotated[float | None, Opt(help="share of --data held out when no --val-data")] = None,
-    eval_every: Annotated[int | None, Opt(help="steps between validation passes (0: each epoch)")] = None,
-    save_every: Annotated[int | None, Opt(help="steps between checkpoints (0: each epoch)")] = None,
-    max_minutes: Annotated[float | None, Opt(help="stop cleanly and save when the time is up")] = None,
-    precision: Annotated[str | None, Opt(help="auto, fp32, bf16 or fp16")] = None,
-    seed: Annotated[int | None, Opt(help="seed for data order, init and dropout")] = None,
-    threads: Annotated[int | None, Opt(help="CPU threads (default: free cores)")] = None,
-    resume: Annotated[bool, Opt("--resume", help="continue from the last checkpoint in --out")] = False,
-    trust_remote_code: Annotated[bool | None, Opt("--trust-remote-code", help="run the model's own code")] = None,
+    *, overrides: dict[str, Any],
 ) -> None:
     """Fine-tune a causal LM (LoRA by default) on instruction data."""
     from llamabrew import train as train_stage
 
-    r = load_recipe(Recipe, recipe, {
-        "model.base": base, "model.trust_remote_code": trust_remote_code, "model.quantize_4bit": qlora,
-        "data.train_files": data, "data.val_files": val_data, "data.template": template,
-        "data.cutoff_len": cutoff_len, "data.overlong": overlong, "data.train_on_inputs": train_on_inputs,
-        "data.drop_duplicates": drop_duplicates, "data.val_fraction": val_fraction, "method": method,
-        "lora.r": lora_r, "lora.alpha": lora_alpha, "lora.dropout": lora_dropout, "optim.epochs": epochs,
-        "optim.max_steps": max_steps, "optim.learning_rate": lr, "optim.micro_batch_size": micro_batch_size,
-        "optim.grad_accum": grad_accum, "optim.eval_every": eval_every, "optim.save_every": save_every,
-        "optim.max_minutes": max_minutes, "optim.precision": precision, "optim.seed": seed,
-        "optim.threads": threads, "out": out, "resume": resume or None,
-    })
-    result = train_stage.run(r)
+    result = train_stage.run(load_recipe(Recipe, recipe, overrides))
     console.print(f"[green]done[/]: {result.steps} steps, train loss {result.train_loss:.4f}"
                   + (f", validation loss {result.val_loss:.4f}" if result.val_loss is not None else "")
                   + f" · adapter, loss.jsonl, loss.png in {result.out}", highlight=False)
@@ -91,73 +73,64 @@ def train(
 
 @app.command()
 @friendly_errors
+@recipe_flags(PretrainRecipe, PRETRAIN_FLAGS)
 def pretrain(
     recipe: Annotated[Path | None, typer.Argument(help="pretraining recipe YAML; flags override it")] = None,
-    corpus: Annotated[list[Path] | None, Opt(help="raw text: .txt (paragraphs) or .jsonl ('text')")] = None,
-    out: Annotated[Path | None, Opt(help="output model directory")] = None,
-    params: Annotated[int | None, Opt(help="model size (default: largest that fits the time)")] = None,
-    max_minutes: Annotated[float | None, Opt(help="time budget; stops cleanly and saves")] = None,
-    epochs: Annotated[float | None, Opt(help="passes over the corpus")] = None,
-    lr: Annotated[float | None, Opt(help="peak learning rate")] = None,
-    vocab_size: Annotated[int | None, Opt(help="BPE vocabulary size")] = None,
-    seq_len: Annotated[int | None, Opt(help="tokens per training window")] = None,
-    seed: Annotated[int | None, Opt(help="random seed")] = None,
-    threads: Annotated[int | None, Opt(help="CPU threads (default: free cores)")] = None,
-    resume: Annotated[bool, Opt("--resume", help="continue from the last checkpoint in --out")] = False,
+    *, overrides: dict[str, Any],
 ) -> None:
     """Pretrain a small LLaMA-architecture base from scratch (tokenizer included)."""
     from llamabrew import train as train_stage
 
-    r = load_recipe(PretrainRecipe, recipe, {
-        "corpus": corpus, "out": out, "params": params, "optim.max_minutes": max_minutes, "optim.epochs": epochs,
-        "optim.learning_rate": lr, "vocab_size": vocab_size, "seq_len": seq_len, "optim.seed": seed,
-        "optim.threads": threads, "resume": resume or None,
-    })
-    path = train_stage.pretrain(r)
+    path = train_stage.pretrain(load_recipe(PretrainRecipe, recipe, overrides))
     console.print(f"[green]done[/]: base model in {path}", highlight=False)
+
+
+EVAL_FLAGS: Flags = {
+    "data": "data", "base": "model", "adapter": "adapter", "compare": ("compare", "--compare"),
+    "template": "template", "max_new_tokens": "max_new_tokens", "batch_size": "batch_size", "limit": "limit",
+    "threads": "threads",
+}
 
 
 @app.command("eval")
 @friendly_errors
+@recipe_flags(EvalRecipe, EVAL_FLAGS)
 def eval_cmd(
-    data: Annotated[Path, Opt(help="JSONL/JSON of instruction → expected output")],
-    base: Annotated[str | None, Opt(help="model: hub id, model dir or run dir")] = None,
-    adapter: Annotated[str | None, Opt(help="PEFT adapter / run directory")] = None,
-    compare: Annotated[bool, Opt("--compare", help="also score the base alone, side by side")] = False,
-    template: Annotated[str | None, Opt(help="override the template (default: the trained one)")] = None,
-    max_new_tokens: Annotated[int, Opt(help="answer length limit")] = 64,
-    batch_size: Annotated[int, Opt(help="prompts generated together")] = 16,
-    limit: Annotated[int | None, Opt(help="score only the first N examples")] = None,
+    recipe: Annotated[Path | None, Opt(help="eval recipe YAML (an `eval:` section's fields); flags override it")
+                      ] = None,
     as_json: Annotated[bool, Opt("--json", help="print one JSON object on stdout")] = False,
     samples: Annotated[Path | None, Opt(help="write every answer with its scores to this JSONL")] = None,
+    *, overrides: dict[str, Any],
 ) -> None:
     """Held-out loss/perplexity, exact match and contains-match of generated answers."""
     from llamabrew import evaluate
     from llamabrew.errors import LlamabrewError
     from llamabrew.io import atomic_write_text
 
-    model = base or adapter
+    r = load_recipe(EvalRecipe, recipe, overrides)
+    model = r.model or r.adapter
     if model is None:
-        raise LlamabrewError("pass --base (a model or run directory) and/or --adapter")
-    result = evaluate.run(model, data, adapter=adapter if base else None, compare=compare, template=template,
-                          max_new_tokens=max_new_tokens, batch_size=batch_size, limit=limit)
+        raise LlamabrewError("pass --base (a run or model directory, a .gguf file or openai:URL) and/or --adapter")
+    if r.data is None:
+        raise LlamabrewError("pass --data (held-out instruction → expected output)")
+    result = evaluate.run(model, r.data, adapter=r.adapter if r.model else None, compare=r.compare,
+                          template=r.template, max_new_tokens=r.max_new_tokens, batch_size=r.batch_size,
+                          limit=r.limit, threads=r.threads)
     if samples:
         atomic_write_text(samples, "".join(json.dumps(s) + "\n" for s in result.tuned.samples))
-    report = result.tuned.as_dict()
-    if result.base is not None:
-        report["base"] = result.base.as_dict()
     if as_json:
-        print(json.dumps(report))
+        print(json.dumps(result.as_dict()))
         return
     from rich.table import Table
 
-    table = Table(title=f"evaluation on {data} ({result.tuned.n} examples)")
+    table = Table(title=f"evaluation on {r.data} ({result.tuned.n} examples)")
     for col in ("model", "exact match", "contains", "loss", "perplexity"):
         table.add_column(col)
     rows = [("base", result.base)] if result.base else []
     for name, rep in [*rows, ("tuned" if result.base else "model", result.tuned)]:
-        table.add_row(name, f"{rep.exact_match:.1%}", f"{rep.contains:.1%}", f"{rep.loss:.4f}",
-                      f"{rep.perplexity:.2f}")
+        table.add_row(name, f"{rep.exact_match:.1%}", f"{rep.contains:.1%}",
+                      "-" if rep.loss is None else f"{rep.loss:.4f}",
+                      "-" if rep.perplexity is None else f"{rep.perplexity:.2f}")
     console.print(table)
 
 
@@ -182,12 +155,13 @@ def chat(
     quant: Annotated[str, Opt(help="quant type when exporting a run for --engine llamacpp")] = "q8_0",
 ) -> None:
     """Chat in the terminal with streamed tokens (or answer one --prompt)."""
+    from llamabrew.engines import Sampling, runs_on_llamacpp
+    from llamabrew.engines.torch_engine import open_torch_engine
     from llamabrew.models import set_threads
     from llamabrew.serve.chat import chat_loop
-    from llamabrew.serve.engines import Sampling, open_torch_engine, runs_on_llamacpp
 
     if runs_on_llamacpp(engine_name, model):
-        from llamabrew.serve.llamacpp import open_llamacpp_engine
+        from llamabrew.export import open_llamacpp_engine
 
         engine = open_llamacpp_engine(model, threads=threads, ctx=ctx, quant=quant, template=template)
     else:
@@ -216,7 +190,7 @@ def _register_stage_commands() -> None:
     """Commands that live beside their stage: `data ...`, `merge`, `export`, `serve`."""
     from llamabrew.data.cli import data_app
     from llamabrew.export.cli import export, merge
-    from llamabrew.serve.server import serve
+    from llamabrew.serve.cli import serve
 
     app.add_typer(data_app, name="data")
     app.command()(merge)

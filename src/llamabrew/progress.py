@@ -1,7 +1,17 @@
-"""Progress bars with speed and time left, for every step that takes more than a few seconds."""
+"""What a person at a terminal sees while library code works: progress bars, and its `logging` records.
+
+Library modules report through ``logging.getLogger(__name__)`` (loggers under "llamabrew") and show progress
+with `progress_bar`; neither knows about the CLI. The CLI calls `log_to_terminal` once, which renders the
+records on the same stderr console as the bars (so a warning prints above a running bar, not through it).
+A program that imports llamabrew configures `logging` as it likes instead.
+"""
 
 from __future__ import annotations
 
+import logging
+
+from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -15,7 +25,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from llamabrew.cli_common import console
+terminal = Console(stderr=True, soft_wrap=True)  # long lines stay whole in logs and pipes
 
 
 class RateColumn(ProgressColumn):
@@ -41,7 +51,34 @@ def progress_bar(transient: bool = False) -> Progress:
         TextColumn("left"),
         TimeRemainingColumn(),
         TextColumn("{task.fields[info]}"),
-        console=console,
+        console=terminal,
         transient=transient,
         refresh_per_second=4,
     )
+
+
+class TerminalHandler(logging.Handler):
+    """Renders llamabrew's log records on `terminal`: warnings as a yellow "warning:" line, errors in red, the
+    rest plain (a record's ``style`` extra, e.g. "dim", styles the whole line)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = escape(record.getMessage())
+            if record.levelno >= logging.ERROR:
+                text = f"[bold red]error:[/] {text}"
+            elif record.levelno >= logging.WARNING:
+                text = f"[yellow]warning:[/] {text}"
+            elif style := getattr(record, "style", None):
+                text = f"[{style}]{text}[/]"
+            terminal.print(text, highlight=False)
+        except Exception:
+            self.handleError(record)
+
+
+def log_to_terminal(level: int = logging.INFO) -> None:
+    """Show llamabrew's log records on the terminal (once; the CLI calls this for every command)."""
+    logger = logging.getLogger("llamabrew")
+    if not any(isinstance(h, TerminalHandler) for h in logger.handlers):
+        logger.addHandler(TerminalHandler())
+    logger.setLevel(level)
+    logger.propagate = False

@@ -15,10 +15,12 @@ from pathlib import Path
 from rich.table import Table
 
 from llamabrew import evaluate, train
-from llamabrew.cli_common import console
 from llamabrew.data.formats import write_jsonl
+from llamabrew.engines import GREEDY, Engine, generate_text
+from llamabrew.engines.torch_engine import open_torch_engine
 from llamabrew.extras import require
 from llamabrew.io import atomic_write_text
+from llamabrew.progress import terminal as console
 from llamabrew.recipe import (
     DataConfig,
     ModelConfig,
@@ -28,7 +30,6 @@ from llamabrew.recipe import (
     Recipe,
     save_recipe,
 )
-from llamabrew.serve.engines import GREEDY, Engine, generate_text, open_torch_engine
 from llamabrew.world import biographies, make_world, questions
 
 BIOS_PER_PERSON = 6
@@ -108,7 +109,7 @@ def run(out: Path, entities: int = 200, pretrain_minutes: float = 4.0, seed: int
 
     console.rule("[bold]6/6 chat demo" + (" through llama.cpp (q4_k_m)" if ggufs else ""))
     if ggufs:
-        from llamabrew.serve.llamacpp import open_llamacpp_engine
+        from llamabrew.export import open_llamacpp_engine
 
         engine: Engine = open_llamacpp_engine(str(ggufs["q4_k_m"]), announce=False)
     else:

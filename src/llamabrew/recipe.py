@@ -32,28 +32,31 @@ class ModelConfig(Section):
 class DataConfig(Section):
     train_files: list[Path] = Field(default_factory=list, description="Alpaca / ShareGPT / messages JSON(L)")
     val_files: list[Path] = Field(default_factory=list, description="held-out files; else a split of train")
-    val_fraction: float = Field(0.05, ge=0, lt=1)
+    val_fraction: float = Field(0.05, ge=0, lt=1, description="share of the data held out when no val_files")
     val_max: int = Field(500, ge=0, description="at most this many examples in the automatic split")
     template: str = Field("auto", description="auto, alpaca, alpaca_short, vicuna or chatml")
-    cutoff_len: int = Field(512, gt=8)
-    overlong: Literal["truncate", "drop"] = "truncate"
-    train_on_inputs: bool = False
-    drop_duplicates: bool = False
+    cutoff_len: int = Field(512, gt=8, description="max tokens per example")
+    overlong: Literal["truncate", "drop"] = Field("truncate", description="examples over the cutoff: truncate "
+                                                 "or drop")
+    train_on_inputs: bool = Field(False, description="also learn the prompt tokens")
+    drop_duplicates: bool = Field(False, description="remove exact duplicate examples")
+    packing: bool = Field(False, description="several examples per row (up to cutoff_len tokens), each with its "
+                          "own positions and attention; off keeps one padded example per row")
 
 
 class LoraConfig(Section):
-    r: int = Field(16, gt=0)
-    alpha: int = Field(32, gt=0)
-    dropout: float = Field(0.05, ge=0, lt=1)
+    r: int = Field(16, gt=0, description="LoRA rank")
+    alpha: int = Field(32, gt=0, description="LoRA alpha (scale = alpha / r)")
+    dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout")
     target_modules: list[str] | Literal["all-linear"] = "all-linear"
 
 
 class OptimConfig(Section):
     """The optimisation loop shared by fine-tuning and pretraining."""
 
-    epochs: float = Field(3, gt=0)
+    epochs: float = Field(3, gt=0, description="passes over the data")
     max_steps: int | None = Field(None, gt=0, description="stop after this many optimizer steps")
-    micro_batch_size: int = Field(4, gt=0)
+    micro_batch_size: int = Field(4, gt=0, description="examples per forward pass")
     grad_accum: int | None = Field(None, gt=0, description="micro-batches per optimizer step (default: 8, fewer "
                                    "for small data; see llamabrew.train.defaults)")
     learning_rate: float | None = Field(None, gt=0, description="peak learning rate (default: from the model's "
@@ -62,21 +65,21 @@ class OptimConfig(Section):
     warmup_ratio: float = Field(0.03, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(1.0, ge=0)
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto, fp32, bf16 or fp16")
     eval_every: int = Field(0, ge=0, description="steps between validation passes (0: once per epoch)")
     save_every: int = Field(0, ge=0, description="steps between checkpoints (0: once per epoch)")
     keep_checkpoints: int = Field(2, gt=0)
     log_every: int = Field(1, gt=0)
     max_minutes: float | None = Field(None, gt=0, description="stop cleanly and save when the time is up")
-    seed: int = 42
+    seed: int = Field(42, description="seed for data order, init and dropout")
     threads: int | None = Field(None, gt=0, description="CPU threads (default: free cores)")
 
 
 class PretrainOptimConfig(OptimConfig):
     """Pretraining defaults: many passes (knowledge needs exposures), a small model's learning rate."""
 
-    epochs: float = Field(40, gt=0)
-    learning_rate: float | None = Field(1e-3, gt=0)
+    epochs: float = Field(40, gt=0, description="passes over the corpus")
+    learning_rate: float | None = Field(1e-3, gt=0, description="peak learning rate")
     micro_batch_size: int = Field(4, gt=0, description="windows of up to seq_len tokens per step")
     grad_accum: int | None = Field(1, gt=0)
     warmup_ratio: float = Field(0.02, ge=0, lt=1)
@@ -89,25 +92,111 @@ class Recipe(Section):
 
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
-    method: Literal["lora", "full"] = "lora"
+    method: Literal["lora", "full"] = Field("lora", description="lora (an adapter) or full (every weight)")
+    objective: Literal["sft"] = Field("sft", description="what training minimises: sft = next-token "
+                                      "cross-entropy on the trained (response) tokens")
     lora: LoraConfig = LoraConfig()
     optim: OptimConfig = OptimConfig()
-    out: Path = Path("runs/sft")
-    resume: bool = False
+    out: Path = Field(Path("runs/sft"), description="run directory (adapter, loss log, checkpoints)")
+    resume: bool = Field(False, description="continue from the last checkpoint in out")
 
 
 class PretrainRecipe(Section):
     """Pretraining a small LLaMA-architecture base from scratch on raw text."""
 
     corpus: list[Path] = Field(default_factory=list, description="txt or JSONL ('text' field) files")
-    out: Path = Path("runs/base")
+    out: Path = Field(Path("runs/base"), description="output model directory")
     params: int | None = Field(None, gt=0, description="model size; default: compute-optimal for the budget")
-    vocab_size: int = Field(4096, ge=300)
-    seq_len: int = Field(256, gt=8)
+    vocab_size: int = Field(4096, ge=300, description="BPE vocabulary size")
+    seq_len: int = Field(256, gt=8, description="tokens per training window")
     pack: bool = Field(True, description="pack consecutive documents whole into seq_len windows (corpus order)")
     val_fraction: float = Field(0.02, ge=0, lt=1)
     optim: PretrainOptimConfig = PretrainOptimConfig()
-    resume: bool = False
+    resume: bool = Field(False, description="continue from the last checkpoint in out")
+
+
+class EvalRecipe(Section):
+    """`llamabrew eval`: one model's greedy answers on held-out data, scored."""
+
+    model: str | None = Field(None, description="run dir, model dir, hub id, .gguf file or openai:URL[#MODEL]")
+    adapter: str | None = Field(None, description="PEFT adapter / run directory on top of model")
+    data: Path | None = Field(None, description="JSONL/JSON of instruction → expected output")
+    compare: bool = Field(False, description="also score the base alone (adapter disabled), side by side")
+    template: str | None = Field(None, description="override the template (default: the trained one)")
+    max_new_tokens: int = Field(64, gt=0, description="answer length limit")
+    batch_size: int = Field(16, gt=0, description="prompts generated together (torch)")
+    limit: int | None = Field(None, gt=0, description="score only the first N examples")
+    threads: int | None = Field(None, gt=0, description="CPU threads (default: free cores)")
+
+
+class ExportRecipe(Section):
+    """`llamabrew export`: verified GGUF files (and an Ollama Modelfile) of a run or model."""
+
+    model: str | None = Field(None, description="run directory, model directory or hub id")
+    quants: list[str] = Field(["q8_0"], description="f16, q8_0, q4_0 or q4_k_m; several share one load")
+    out: Path | None = Field(None, description="model.gguf (several quants: model-<quant>.gguf)")
+    verify: bool = Field(True, description="compare the GGUF with torch in llama.cpp")
+    eval_file: Path | None = Field(None, description="also score each GGUF on this eval JSONL")
+    eval_limit: int = Field(50, gt=0, description="examples of eval_file to score")
+    max_new_tokens: int = Field(64, gt=0, description="answer length limit when scoring")
+    adapter_only: bool = Field(False, description="only the LoRA adapter, as a GGUF adapter")
+    base: str | None = Field(None, description="base model (default: the adapter's)")
+    template: str | None = Field(None, description="chat template (default: the one the run was trained with)")
+    modelfile: bool = Field(True, description="write an Ollama Modelfile")
+    threads: int | None = Field(None, gt=0, description="CPU threads (default: free cores)")
+    trust_remote_code: bool = Field(False, description="run the model's own code")
+
+
+class ServeRecipe(Section):
+    """`llamabrew serve`: what is served and how; the API key is never part of a recipe (flag or env only)."""
+
+    model: str | None = Field(None, description="run directory, model directory, hub id or .gguf file")
+    adapters: dict[str, str] = Field(default_factory=dict, description="NAME: DIR of more adapters of the base")
+    host: str = Field("127.0.0.1", description="address to listen on (0.0.0.0: your whole network)")
+    port: int = Field(8000, ge=0, le=65535, description="port to listen on")
+    name: str | None = Field(None, description="model name of model (default: its folder name)")
+    template: str | None = Field(None, description="override the chat template (default: the trained one)")
+    engine: Literal["auto", "torch", "llamacpp"] = Field("auto", description="auto (.gguf → llamacpp, else "
+                                                          "torch), torch or llamacpp (a run is exported on the fly)")
+    quant: str = Field("q8_0", description="quant type when exporting a run for engine llamacpp")
+    ctx: int | None = Field(None, gt=0, description="llama.cpp context length (default: the model's)")
+    threads: int | None = Field(None, gt=0, description="CPU threads (default: free cores)")
+    max_tokens: int = Field(512, ge=1, description="answer length limit when a request sets none")
+    max_body_kb: int = Field(1024, ge=1, description="largest request body accepted")
+    max_queue: int = Field(256, ge=1, description="requests allowed to wait; more get 503")
+    cors_origins: list[str] = Field(default_factory=list, description="let web pages from these origins call "
+                                    "the API")
+
+
+def field_of(cls: type[BaseModel], dotted: str) -> Any:
+    """The pydantic ``FieldInfo`` of a dotted recipe key (``"optim.learning_rate"``): its type, default and
+    description, which CLI flags reuse so a field is declared once."""
+    model: Any = cls
+    *parents, leaf = dotted.split(".")
+    for name in parents:
+        model = model.model_fields[name].annotation
+    return model.model_fields[leaf]
+
+
+def parse_set(items: list[str] | None, cls: type[BaseModel] | None = None) -> dict[str, Any]:
+    """``["optim.weight_decay=0.1", "data.template=chatml"]`` → dotted overrides; values read as YAML scalars
+    (numbers, true/false, null, [lists]). With ``cls``, an unknown key is one clear error."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise InputError(f"--set {item}: expected KEY=VALUE, e.g. --set optim.weight_decay=0.1")
+        if cls is not None:
+            try:
+                field_of(cls, key)
+            except (KeyError, AttributeError):
+                raise InputError(f"--set {item}: no such recipe field '{key}'") from None
+        try:
+            out[key] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            out[key] = raw
+    return out
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any, file: Path | None = None) -> None:

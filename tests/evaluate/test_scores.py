@@ -1,4 +1,4 @@
-"""Answer scoring (normalize, exact, contains), `score()` fractions and held-out loss, `llamabrew eval`."""
+"""Answer scoring (normalize, exact, contains), `score_engine` fractions and held-out loss, `llamabrew eval`."""
 
 from __future__ import annotations
 
@@ -15,7 +15,9 @@ import torch.nn.functional as F
 
 from llamabrew.data.encode import IGNORE, encode_example
 from llamabrew.data.formats import alpaca_example, load_examples
-from llamabrew.evaluate.scores import contains_match, exact_match, normalize, score
+from llamabrew.evaluate import score_engine
+from llamabrew.evaluate.answers import generate_answers, greedy
+from llamabrew.evaluate.scores import contains_match, exact_match, normalize, prompts_of
 
 LLAMABREW = [sys.executable, "-m", "llamabrew.cli"]
 
@@ -59,18 +61,20 @@ def test_empty_expected_never_matches_by_containment(expected: str):
     assert not contains_match("", expected)
 
 
-# --- score() ------------------------------------------------------------------------------------------------
+# --- score_engine() ------------------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def engine(tiny_model_dir: Path):
-    from llamabrew.serve.engines import open_torch_engine
+    from llamabrew.engines.torch_engine import open_torch_engine
 
     return open_torch_engine(str(tiny_model_dir))
 
 
 class ScriptedEngine:
     """The real tiny model for the loss, scripted answers for generation."""
+
+    name = "scripted"
 
     def __init__(self, real, answers: dict[str, str]) -> None:
         self.model, self.tokenizer, self.template = real.model, real.tokenizer, real.template
@@ -117,7 +121,10 @@ def independent_loss(engine, examples) -> float:
 def test_score_fractions_and_loss(engine):
     fake = ScriptedEngine(engine, ANSWERS)
     advanced: list[int] = []
-    report = score(fake, EXAMPLES, max_new_tokens=8, batch_size=2, advance=advanced.append)
+    answers = generate_answers(fake, prompts_of(EXAMPLES), greedy(8), batch_size=2, advance=advanced.append)
+    assert answers == [ANSWERS[ex.instruction] for ex in EXAMPLES]
+    fake.calls.clear()
+    report = score_engine(fake, EXAMPLES, max_new_tokens=8, batch_size=2)
     assert report.n == 5
     assert report.exact_match == pytest.approx(2 / 5)
     assert report.contains == pytest.approx(3 / 5)
@@ -134,7 +141,7 @@ def test_score_fractions_and_loss(engine):
 
 
 def test_score_with_the_real_engine(engine):
-    report = score(engine, EXAMPLES[:3], max_new_tokens=4, batch_size=16)
+    report = score_engine(engine, EXAMPLES[:3], max_new_tokens=4, batch_size=16)
     assert report.n == 3 and 0.0 <= report.exact_match <= report.contains <= 1.0
     assert all(isinstance(s["answer"], str) for s in report.samples)
     assert math.isfinite(report.loss) and report.loss > 0
@@ -192,7 +199,7 @@ def invoke():
 
 def test_eval_compare_without_adapter_is_a_one_line_error(invoke, tiny_model_dir: Path, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch):
-    from llamabrew.serve.engines import TorchEngine
+    from llamabrew.engines.torch_engine import TorchEngine
 
     def no_generation(*_args, **_kwargs):
         raise AssertionError("the impossible --compare must be refused before a whole evaluation is run")
@@ -217,3 +224,43 @@ def test_eval_cli_bad_data_is_a_one_line_error(invoke, tiny_model_dir: Path, tmp
     lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and f"{data}:2" in lines[0] and "'output'" in lines[0]
     assert result.stdout == ""
+
+
+# --- answers: cached with their settings, resumable, from any engine -------------------------------------------
+
+
+class CountingEngine:
+    """An engine without batching or logits (like a GGUF or a remote server): answers by rule, counts calls."""
+
+    name = "counting"
+
+    def __init__(self, prefix: str = "") -> None:
+        from llamabrew.data.templates import BUILTIN
+
+        self.template, self.prefix, self.calls = BUILTIN["alpaca"], prefix, 0
+
+    def stream(self, messages, sampling, cancel=None):
+        self.calls += 1
+        yield f"{self.prefix}{messages[-1]['content'][:12]} ({sampling.max_new_tokens})"
+
+
+def test_answers_are_cached_with_their_settings_and_resume(tmp_path: Path) -> None:
+    convs = prompts_of(EXAMPLES)
+    cache = tmp_path / "answers.jsonl"
+    first = CountingEngine()
+    answers = generate_answers(first, convs[:3], greedy(8), cache=cache)  # a run killed after three answers
+    assert first.calls == 3 and len(cache.read_text().splitlines()) == 3
+    again = CountingEngine(prefix="NEW ")
+    resumed = generate_answers(again, convs, greedy(8), cache=cache)
+    assert again.calls == 2 and resumed[:3] == answers  # the three known answers are read back, not asked again
+    assert resumed[3].startswith("NEW ")
+    other = CountingEngine(prefix="NEW ")
+    changed = generate_answers(other, convs, greedy(16), cache=cache)  # other settings: asked again
+    assert other.calls == 5 and all(a.endswith("(16)") for a in changed)
+    record = json.loads(cache.read_text().splitlines()[-1])
+    assert record["sampling"]["max_new_tokens"] == 16 and record["engine"] == "counting"
+
+
+def test_score_engine_without_logits_reports_no_loss() -> None:
+    report = score_engine(CountingEngine(), EXAMPLES, max_new_tokens=4)
+    assert report.n == 5 and report.loss is None and report.perplexity is None and report.engine == "counting"

@@ -188,8 +188,8 @@ def test_unrecognised_split_regex_is_written_as_default_with_a_warning(tmp_path:
 def test_export_refuses_a_wrong_pre_tokenizer_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Named "gpt-2" instead of "llama-bpe", plain sentences still tokenize alike; export's probe prompts (digit
     runs, upper-case contractions, CRLF) catch it and the file is refused."""
-    from llamabrew.export import gguf_tokenizer
     from llamabrew.export.verify import VerificationError
+    from llamabrew.gguf import vocab as gguf_tokenizer
 
     tok = byte_level_bpe(LLAMA3_REGEX)
     src = build_tiny_model(tmp_path / "model", tokenizer=tok)

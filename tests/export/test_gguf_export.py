@@ -82,7 +82,7 @@ def test_broken_conversion_is_refused(
     lora_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Without LLaMA's q/k permutation the model loads and runs, but wrongly: verification must refuse it."""
-    import llamabrew.export.gguf_writer as writer
+    import llamabrew.gguf.writer as writer
 
     monkeypatch.setattr(writer, "_permute", lambda w, n_head: w)
     with pytest.raises(VerificationError, match="verification failed"):
@@ -179,7 +179,8 @@ def test_mistral_with_sentencepiece_tokenizer(tmp_path: Path) -> None:
 
 
 def test_not_a_gguf_and_truncated_files_give_clear_errors(exported, tmp_path: Path) -> None:
-    from llamabrew.serve.llamacpp import LlamaCppEngine, read_gguf_info
+    from llamabrew.engines.llamacpp import LlamaCppEngine
+    from llamabrew.gguf.reader import read_gguf_info
 
     data = by_quant(exported, "q8_0").path.read_bytes()
     (tmp_path / "cut.gguf").write_bytes(data[: len(data) // 2])
@@ -196,7 +197,7 @@ def test_not_a_gguf_and_truncated_files_give_clear_errors(exported, tmp_path: Pa
 def test_unknown_quant_and_architecture_are_refused(lora_run: Path, tmp_path: Path) -> None:
     from transformers import GPT2Config
 
-    from llamabrew.export.gguf_writer import arch_of
+    from llamabrew.gguf.writer import arch_of
 
     with pytest.raises(LlamabrewError, match="unknown quant type 'q3_k'"):
         export_gguf(lora_run, "q3_k", tmp_path / "x.gguf", verbose=False)

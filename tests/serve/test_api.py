@@ -20,9 +20,10 @@ import httpx
 import pytest
 from export.conftest import make_lora_run  # a run as `llamabrew train` writes it (the export tests' helper)
 
+from llamabrew.engines import Sampling
+from llamabrew.engines.torch_engine import open_torch_engine
 from llamabrew.errors import LlamabrewError
 from llamabrew.serve.api import create_app
-from llamabrew.serve.engines import Sampling, open_torch_engine
 from llamabrew.serve.registry import RAW, open_registry, plan_adapters, served_name, with_template
 from llamabrew.serve.server import parse_adapters, run_in_thread
 
@@ -322,7 +323,7 @@ def test_serves_a_gguf_and_a_lora_gguf_by_name(runs: dict[str, Path], tmp_path: 
 
 
 def run_serve(*args: str, env: dict | None = None, **kw) -> subprocess.Popen:
-    code = "import typer; from llamabrew.serve.server import serve; typer.run(serve)"
+    code = "import typer; from llamabrew.serve.cli import serve; typer.run(serve)"
     env = {**os.environ, "COLUMNS": "200", **(env or {})}
     return subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env, **kw)
@@ -333,7 +334,7 @@ def invoke(*args: str):
     import typer
     from typer.testing import CliRunner
 
-    from llamabrew.serve.server import serve
+    from llamabrew.serve.cli import serve
 
     app = typer.Typer()
     app.command()(serve)
@@ -353,7 +354,7 @@ def test_print_vllm_command(runs: dict[str, Path], tiny_model_dir: Path, base: s
     failed = invoke(str(tiny_model_dir / "missing.gguf"))
     assert failed.exit_code == 2 and "no such GGUF file" in failed.stderr
     failed = invoke(str(tiny_model_dir), "--engine", "vllm")
-    assert failed.exit_code == 2 and "unknown engine 'vllm'" in failed.stderr
+    assert failed.exit_code == 2 and "field 'engine'" in failed.stderr and "'llamacpp'" in failed.stderr
 
 
 def test_serve_command_starts_keeps_the_key_private_and_stops(tiny_model_dir: Path) -> None:

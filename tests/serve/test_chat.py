@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from llamabrew.serve.engines import GREEDY, ContextLengthError, StopScanner
+from llamabrew.engines import GREEDY, ContextLengthError, StopScanner
 
 # --- StopScanner --------------------------------------------------------------------------------------------
 
@@ -65,7 +65,7 @@ def test_nothing_after_the_stop_and_empty_stops_ignored():
 
 @pytest.fixture(scope="module")
 def engine(tiny_model_dir: Path):
-    from llamabrew.serve.engines import open_torch_engine
+    from llamabrew.engines.torch_engine import open_torch_engine
 
     return open_torch_engine(str(tiny_model_dir))
 

@@ -7,8 +7,9 @@ from pathlib import Path
 import openai
 import pytest
 
+from llamabrew.engines import Sampling
+from llamabrew.engines.torch_engine import open_torch_engine
 from llamabrew.serve.api import create_app
-from llamabrew.serve.engines import Sampling, open_torch_engine
 from llamabrew.serve.registry import open_registry, served_name
 from llamabrew.serve.server import run_in_thread
 

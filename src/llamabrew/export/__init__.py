@@ -9,26 +9,35 @@ llama.cpp and compares tokens and logits. f16 / q8_0 files beyond `verify.BOUNDS
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from llamabrew.cli_common import console
 from llamabrew.errors import LlamabrewError
-from llamabrew.export.gguf_writer import QUANTS, ChatInfo, check_quant, write_gguf
+from llamabrew.evaluate.scores import EvalReport
 from llamabrew.export.lora_gguf import export_adapter_gguf
 from llamabrew.export.merge import MergeReport, merge
 from llamabrew.export.modelfile import ModelfileResult, derive_parts, stop_strings, write_modelfile
-from llamabrew.export.verify import BOUNDS, AnswerScore, Check, VerificationError, verify_gguf
+from llamabrew.export.verify import BOUNDS, Check, VerificationError, verify_gguf
 from llamabrew.extras import require
+from llamabrew.gguf.writer import QUANTS, ChatInfo, check_quant, write_gguf
+from llamabrew.run import Run, trained_template
 
-__all__ = ["BOUNDS", "QUANTS", "AnswerScore", "Check", "ExportReport", "MergeReport", "QuantResult",
+if TYPE_CHECKING:
+    from llamabrew.engines.llamacpp import LlamaCppEngine
+
+log = logging.getLogger(__name__)
+
+DEFAULT_QUANT = "q8_0"  # for on-the-fly exports: near-lossless and still ~2x smaller than f16
+
+__all__ = ["BOUNDS", "DEFAULT_QUANT", "QUANTS", "Check", "ExportReport", "MergeReport", "QuantResult",
            "VerificationError", "cached_gguf", "default_gguf_path", "export_adapter", "export_adapter_gguf",
-           "export_gguf", "merge", "verify_gguf", "write_modelfile"]
+           "export_gguf", "merge", "open_llamacpp_engine", "verify_gguf", "write_modelfile"]
 
 
 @dataclass
@@ -38,7 +47,7 @@ class QuantResult:
     size_bytes: int
     seconds: float
     check: Check | None = None
-    score: AnswerScore | None = None  # with an eval file: greedy answers of this GGUF
+    score: EvalReport | None = None  # with an eval file: greedy answers of this GGUF
     modelfile: ModelfileResult | None = None
 
 
@@ -47,14 +56,14 @@ class ExportReport:
     source: str
     template: str
     results: list[QuantResult] = field(default_factory=list)
-    torch_score: AnswerScore | None = None  # with an eval file: the torch model on the same examples
+    torch_score: EvalReport | None = None  # with an eval file: the torch model on the same examples
     warnings: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
         """A side-by-side table: size, verification and (with an eval file) answer scores per file; then the
         warnings (how llama.cpp will read prompts differently, among others)."""
-        def score(s: AnswerScore | None) -> str:
-            return f"{s.exact:6.1%} {s.contains:8.1%}" if s else f"{'-':>6} {'-':>8}"
+        def score(s: EvalReport | None) -> str:
+            return f"{s.exact_match:6.1%} {s.contains:8.1%}" if s else f"{'-':>6} {'-':>8}"
 
         out = [f"{'model':<7} {'MiB':>8} {'max|dlogit|':>11} {'x std':>6} {'top-1':>6} {'tokens':>6} "
                f"{'exact':>6} {'contains':>8}  verdict"]
@@ -69,21 +78,32 @@ class ExportReport:
             out.append(f"{r.quant:<7} {r.size_bytes / 2**20:8.1f} {checked} {score(r.score)}  {verdict}")
         return out + [f"warning: {w}" for w in self.warnings]
 
+    def as_dict(self) -> dict[str, Any]:
+        """What `Run.save_report("export", ...)` keeps: per file its size, verification and scores."""
+        def check(c: Check | None) -> dict[str, Any] | None:
+            return None if c is None else {
+                "max_abs_diff": c.max_abs_diff, "rel_diff": c.rel_diff, "top1": c.top1, "positions": c.positions,
+                "tokens_match": c.tokens_match, "tokens_ok": c.tokens_ok, "passed": c.passed,
+                "problems": c.problems()}
+
+        return {"source": self.source, "template": self.template, "warnings": self.warnings,
+                "torch_score": self.torch_score.as_dict() if self.torch_score else None,
+                "results": [{"quant": r.quant, "path": str(r.path), "size_bytes": r.size_bytes,
+                             "seconds": r.seconds, "check": check(r.check),
+                             "score": r.score.as_dict() if r.score else None,
+                             "modelfile": str(r.modelfile.path) if r.modelfile else None} for r in self.results]}
+
 
 def _say(verbose: bool, text: str) -> None:
     if verbose:
-        console.print(f"[dim]{text}[/]", highlight=False)
-
-
-def _is_run_dir(path: Path) -> bool:
-    return path.is_dir() and ((path / "recipe.yaml").is_file() or (path / "adapter_config.json").is_file())
+        log.info(text)
 
 
 def default_gguf_path(model_or_run: str, quant: str) -> Path:
     """``<run>/gguf/model-<quant>.gguf`` for a run directory, else a per-user cache."""
     src = Path(model_or_run)
-    if _is_run_dir(src):
-        return src / "gguf" / f"model-{quant}.gguf"
+    if Run.is_run(src):
+        return Run(src).gguf_path(quant)
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", str(src.resolve() if src.exists() else model_or_run)).strip("_")
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "llamabrew" / "gguf"
     return cache / f"{safe[-80:]}-{quant}.gguf"
@@ -101,15 +121,10 @@ def _out_paths(model_or_run: str, quants: list[str], out: str | Path | None) -> 
 def _load(model_or_run: str, base: str | None, template: str | None,
           trust_remote_code: bool) -> tuple[Any, ...]:
     """(model, tokenizer, template) as chat and eval see them: base + adapter for a run directory."""
-    from llamabrew.data.templates import get_template
     from llamabrew.models import load_for_inference
-    from llamabrew.recipe import read_saved_recipe
 
     model, tokenizer = load_for_inference(model_or_run, base=base, trust_remote_code=trust_remote_code)
-    if template is None:
-        saved = read_saved_recipe(model_or_run)
-        template = saved.data.template if saved else "auto"
-    return model, tokenizer, get_template(template, tokenizer)
+    return model, tokenizer, trained_template(model_or_run, tokenizer, template)
 
 
 def export_gguf(model_or_run: str | Path, quant: str | Sequence[str] = "q8_0", out: str | Path | None = None,
@@ -123,8 +138,9 @@ def export_gguf(model_or_run: str | Path, quant: str | Sequence[str] = "q8_0", o
     file name, with several ``model.gguf`` becomes ``model-<quant>.gguf``. Raises `VerificationError` (a
     `LlamabrewError`) when an f16 / q8_0 file disagrees with torch beyond `BOUNDS`.
     """
-    from llamabrew.export.gguf_tokenizer import build_vocab
-    from llamabrew.export.verify import reference_logits, score_torch
+    from llamabrew.engines.torch_engine import TorchEngine
+    from llamabrew.export.verify import reference_logits
+    from llamabrew.gguf.vocab import build_vocab
     from llamabrew.models import set_threads
 
     quants = [check_quant(q) for q in ([quant] if isinstance(quant, str) else list(quant))]
@@ -147,7 +163,7 @@ def export_gguf(model_or_run: str | Path, quant: str | Sequence[str] = "q8_0", o
 
         examples = load_examples(eval_file)[:eval_limit]
         _say(verbose, f"scoring the torch model on {len(examples)} examples of {eval_file}")
-        report.torch_score = score_torch(model, tokenizer, tmpl, examples, max_new_tokens)
+        report.torch_score = _score(TorchEngine(model, tokenizer, tmpl), examples, max_new_tokens)
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()  # in full precision; the reference above was taken before merging
     vocab = build_vocab(tokenizer, model.config.vocab_size, chat.stop)
@@ -173,6 +189,8 @@ def export_gguf(model_or_run: str | Path, quant: str | Sequence[str] = "q8_0", o
         if examples is not None:
             _say(verbose, f"scoring {path.name} on {len(examples)} examples")
             result.score = _score_gguf(path, tmpl, examples, max_new_tokens, threads)
+    if Run.is_run(source):
+        Run(source).save_report("export", report.as_dict())
     return report
 
 
@@ -182,8 +200,8 @@ def export_adapter(adapter: str | Path, out: str | Path, *, base: str | None = N
     against torch base + adapter, which costs one temporary f16 export of the base."""
     import tempfile
 
-    from llamabrew.export.gguf_tokenizer import build_vocab
     from llamabrew.export.verify import reference_logits
+    from llamabrew.gguf.vocab import build_vocab
 
     _require_llama_cpp([], verify)
     path = export_adapter_gguf(adapter, out, base=base)
@@ -221,22 +239,28 @@ def _checked(path: Path, check: Check) -> Check:
 
 def _template_warning(tokenizer: Any, template: Any) -> str | None:
     """Whether the trained template puts text where llama.cpp's SentencePiece dummy prefix differs from HF's."""
-    from llamabrew.export.gguf_tokenizer import space_prefix
     from llamabrew.export.tokencheck import template_warning
     from llamabrew.export.verify import check_conversations
+    from llamabrew.gguf.vocab import space_prefix
 
     texts = [template.render(tokenizer, conv, add_generation_prompt=True) for conv in check_conversations()]
     return template_warning(tokenizer, space_prefix(tokenizer), template.name, texts)
 
 
+def _score(engine: Any, examples: list[Any], max_new_tokens: int) -> EvalReport:
+    """Greedy answers on the eval file, through the one scoring path ``llamabrew eval`` uses."""
+    from llamabrew.evaluate import score_engine
+
+    return score_engine(engine, examples, max_new_tokens, batch_size=8, label=f"scoring {engine.name}", loss=False)
+
+
 def _score_gguf(path: Path, template: Any, examples: list[Any], max_new_tokens: int,
-                threads: int | None) -> AnswerScore:
-    from llamabrew.export.verify import score_engine
-    from llamabrew.serve.llamacpp import LlamaCppEngine
+                threads: int | None) -> EvalReport:
+    from llamabrew.engines.llamacpp import LlamaCppEngine
 
     engine = LlamaCppEngine(path, threads=threads, template=template, announce=False)
     try:
-        return score_engine(engine, examples, max_new_tokens)
+        return _score(engine, examples, max_new_tokens)
     finally:
         engine.close()
 
@@ -254,6 +278,24 @@ def cached_gguf(model_or_run: str, quant: str = "q8_0", verify: bool = True,
     src = Path(model_or_run)
     stale = src.is_dir() and path.is_file() and path.stat().st_mtime < _newest_mtime(src)
     if not path.is_file() or stale:
-        console.print(f"[dim]exporting {model_or_run} to {path} for llama.cpp (once)[/]", highlight=False)
+        log.info("exporting %s to %s for llama.cpp (once)", model_or_run, path)
         export_gguf(model_or_run, quant, path, verify=verify, threads=threads, verbose=False)
     return path
+
+
+def open_llamacpp_engine(model_or_run: str | Path, threads: int | None = None, ctx: int | None = None,
+                         quant: str = DEFAULT_QUANT, template: str | None = None, verify: bool = True,
+                         announce: bool = True) -> LlamaCppEngine:
+    """An engine for a ``.gguf`` file, or a run / model directory exported on the fly (and cached)."""
+    from llamabrew.data.templates import get_template
+    from llamabrew.engines.llamacpp import LlamaCppEngine
+    from llamabrew.gguf.runtime import GGUF_USE
+
+    require("llamacpp", GGUF_USE)  # before exporting a run for minutes
+    path = Path(model_or_run)
+    if path.suffix != ".gguf":
+        path = cached_gguf(str(model_or_run), quant, verify=verify, threads=threads)
+    elif not path.is_file():
+        raise LlamabrewError(f"{path}: no such GGUF file")
+    tmpl = get_template(template) if template and template != "auto" else None  # default: the file's own
+    return LlamaCppEngine(path, threads=threads, ctx=ctx, template=tmpl, announce=announce)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from llamabrew.cli_common import console, friendly_errors
+from llamabrew.cli_common import Flags, console, friendly_errors, recipe_flags
+from llamabrew.recipe import ExportRecipe, load_recipe
 
 Opt = typer.Option
 
@@ -39,39 +40,33 @@ def merge(
     )
 
 
+EXPORT_FLAGS: Flags = {
+    "quant": ("quants", "--quant", "-q"), "out": ("out", "--out", "-o"), "verify": "verify",
+    "eval_file": ("eval_file", "--eval"), "eval_limit": "eval_limit",
+    "adapter_only": ("adapter_only", "--adapter-only"), "base": "base", "template": "template",
+    "modelfile": "modelfile", "threads": "threads", "trust_remote_code": ("trust_remote_code", "--trust-remote-code"),
+}
+
+
 @friendly_errors
+@recipe_flags(ExportRecipe, EXPORT_FLAGS)
 def export(
-    model_or_run: Annotated[str, typer.Argument(help="run directory, model directory or hub id")],
-    quant: Annotated[
-        list[str] | None, Opt("--quant", "-q", help="f16, q8_0, q4_0 or q4_k_m; repeat for several")
-    ] = None,
-    out: Annotated[
-        Path | None, Opt("--out", "-o", help="model.gguf (several quants: model-<quant>.gguf)")
-    ] = None,
-    verify: Annotated[
-        bool, Opt("--verify/--no-verify", help="compare the GGUF with torch in llama.cpp")
-    ] = True,
-    eval_file: Annotated[Path | None, Opt("--eval", help="also score each GGUF on this eval JSONL")] = None,
-    eval_limit: Annotated[int, Opt(help="examples of --eval to score")] = 50,
-    adapter_only: Annotated[
-        bool, Opt("--adapter-only", help="only the LoRA adapter, as a GGUF adapter")
-    ] = False,
-    base: Annotated[str | None, Opt(help="base model (default: the adapter's)")] = None,
-    template: Annotated[
-        str | None, Opt(help="chat template (default: the one the run was trained with)")
-    ] = None,
-    modelfile: Annotated[bool, Opt("--modelfile/--no-modelfile", help="write an Ollama Modelfile")] = True,
-    threads: Annotated[int | None, Opt(help="CPU threads (default: free cores)")] = None,
-    trust_remote_code: Annotated[bool, Opt("--trust-remote-code", help="run the model's own code")] = False,
+    model_or_run: Annotated[str | None, typer.Argument(help="run directory, model directory or hub id")] = None,
+    recipe: Annotated[Path | None, Opt(help="export recipe YAML (an `export:` section's fields); flags "
+                                            "override it")] = None,
+    *, overrides: dict[str, Any],
 ) -> None:
     """Export to GGUF for llama.cpp / Ollama, verified against the torch model (on by default)."""
     from llamabrew.errors import LlamabrewError
     from llamabrew.export import export_adapter, export_gguf
 
-    if adapter_only:
-        if out is None or out.suffix != ".gguf":
+    r = load_recipe(ExportRecipe, recipe, {"model": model_or_run, **overrides})
+    if r.model is None:
+        raise LlamabrewError("name the run or model directory to export")
+    if r.adapter_only:
+        if r.out is None or r.out.suffix != ".gguf":
             raise LlamabrewError("--adapter-only needs --out ADAPTER.gguf")
-        path, check = export_adapter(model_or_run, out, base=base, verify=verify, threads=threads)
+        path, check = export_adapter(r.model, r.out, base=r.base, verify=r.verify, threads=r.threads)
         if check:
             console.print(check.summary(), highlight=False)
         console.print(
@@ -81,17 +76,9 @@ def export(
         )
         return
     report = export_gguf(
-        model_or_run,
-        quant or ["q8_0"],
-        out,
-        verify=verify,
-        eval_file=eval_file,
-        base=base,
-        template=template,
-        threads=threads,
-        modelfile=modelfile,
-        eval_limit=eval_limit,
-        trust_remote_code=trust_remote_code,
+        r.model, r.quants, r.out, verify=r.verify, eval_file=r.eval_file, base=r.base, template=r.template,
+        threads=r.threads, modelfile=r.modelfile, eval_limit=r.eval_limit, max_new_tokens=r.max_new_tokens,
+        trust_remote_code=r.trust_remote_code,
     )
     console.print(f"[bold]exported[/] {report.source} (template {report.template})", highlight=False)
     for line in report.lines():

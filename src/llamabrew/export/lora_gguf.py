@@ -50,7 +50,7 @@ def export_adapter_gguf(
     import gguf
     from transformers import AutoConfig
 
-    from llamabrew.export.gguf_writer import _permute, arch_of, publish
+    from llamabrew.gguf.writer import _permute, arch_of, publish
     from llamabrew.models import adapter_base
 
     cfg = read_adapter_config(adapter)

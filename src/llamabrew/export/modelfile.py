@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from llamabrew.data.templates import Template
+from llamabrew.engines import Sampling
 from llamabrew.io import atomic_write_text
-from llamabrew.serve.engines import Sampling
 
 _S, _U1, _A1, _U2 = "SYS\u2063MARK", "USER\u2063ONE", "BOT\u2063ONE", "USER\u2063TWO"
 

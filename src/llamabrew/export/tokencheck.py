@@ -141,7 +141,7 @@ def _pieces(llm: Any, ids: list[int]) -> tuple[str, ...]:
 def diff_tokens(llm: Any, texts: list[str], want: list[list[int]], rule: list[list[int]]) -> list[TokenDiff]:
     """Texts whose stock llama.cpp ids differ from ``want`` (HF's), each marked known when they equal ``rule``
     (`llamacpp_rule_ids`)."""
-    from llamabrew.serve.llamacpp import stock_tokenize
+    from llamabrew.gguf.runtime import stock_tokenize
 
     out = []
     for text, hf, expected in zip(texts, want, rule, strict=True):

@@ -16,13 +16,10 @@ import numpy as np
 import torch
 
 from llamabrew.data.encode import encode_text
-from llamabrew.data.formats import Example
 from llamabrew.data.templates import Template
 from llamabrew.errors import LlamabrewError
-from llamabrew.evaluate.scores import contains_match, exact_match
-from llamabrew.export.gguf_tokenizer import space_prefix
 from llamabrew.export.tokencheck import KNOWN, TokenDiff, diff_tokens, llamacpp_rule_ids, stock_vocab
-from llamabrew.serve.engines import Sampling, generate_text
+from llamabrew.gguf.vocab import space_prefix
 
 
 @dataclass(frozen=True)
@@ -195,7 +192,7 @@ def verify_gguf(
 ) -> Check:
     """Load ``path`` in llama.cpp (with an optional LoRA GGUF on top) and compare it with ``ref``: tokens through
     llama.cpp's stock vocab-only tokenizer, logits through the engine."""
-    from llamabrew.serve.llamacpp import LlamaCppEngine
+    from llamabrew.engines.llamacpp import LlamaCppEngine
 
     vocab = stock_vocab(path)
     try:
@@ -217,42 +214,3 @@ def enforce(check: Check, path: str | Path) -> None:
             f"{path}: export verification failed: {'; '.join(check.problems())}. "
             "Please report this with the model's config.json (or skip with --no-verify)."
         )
-
-
-@dataclass
-class AnswerScore:
-    """Exact / contains match of greedy answers on an eval file, to show what each quant type costs."""
-
-    n: int
-    exact: float
-    contains: float
-
-
-def score_answers(answers: list[str], examples: list[Example]) -> AnswerScore:
-    n = len(examples)
-    exact = sum(exact_match(a, ex.output) for a, ex in zip(answers, examples, strict=True))
-    contains = sum(contains_match(a, ex.output) for a, ex in zip(answers, examples, strict=True))
-    return AnswerScore(n, exact / max(n, 1), contains / max(n, 1))
-
-
-def prompts_of(examples: list[Example]) -> list[list[dict[str, str]]]:
-    return [[m.as_dict() for m in ex.messages[:-1]] for ex in examples]
-
-
-def score_torch(model: Any, tokenizer: Any, template: Template, examples: list[Example],
-                max_new_tokens: int = 64, batch_size: int = 8) -> AnswerScore:
-    """Greedy answers of the torch model (batched), scored like `score_engine`'s."""
-    from llamabrew.serve.engines import TorchEngine
-
-    engine, prompts = TorchEngine(model, tokenizer, template), prompts_of(examples)
-    answers = [a for i in range(0, len(prompts), batch_size)
-               for a in engine.greedy_batch(prompts[i:i + batch_size], max_new_tokens)]
-    return score_answers([a.strip() for a in answers], examples)
-
-
-def score_engine(engine: Any, examples: list[Example], max_new_tokens: int = 64) -> AnswerScore:
-    """Greedy answers from any engine (llama.cpp here), one prompt at a time."""
-    greedy = Sampling(
-        max_new_tokens=max_new_tokens, temperature=0.0, top_p=1.0, top_k=0, repetition_penalty=1.0
-    )
-    return score_answers([generate_text(engine, p, greedy).strip() for p in prompts_of(examples)], examples)

@@ -23,8 +23,8 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException
 
+from llamabrew.engines import ContextLengthError, Engine, GenerationStats, Sampling
 from llamabrew.errors import LlamabrewError
-from llamabrew.serve.engines import ContextLengthError, Engine, GenerationStats, Sampling
 from llamabrew.serve.registry import Registry, ServedModel
 from llamabrew.serve.server import STARTED, BodyLimit, Scheduler
 

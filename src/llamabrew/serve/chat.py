@@ -5,8 +5,8 @@ from __future__ import annotations
 import sys
 from typing import TextIO
 
-from llamabrew.cli_common import console
-from llamabrew.serve.engines import Engine, Sampling
+from llamabrew.engines import Engine, Sampling
+from llamabrew.progress import terminal as console
 
 HELP = "commands: /reset clears the history, /exit (or Ctrl-D) quits"
 

@@ -19,9 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from llamabrew.data.templates import Template
+from llamabrew.engines import Engine, GenerationStats, Sampling
+from llamabrew.engines.torch_engine import TorchEngine
 from llamabrew.errors import LlamabrewError
+from llamabrew.gguf.reader import is_adapter_gguf
 from llamabrew.models import adapter_base, is_adapter_dir
-from llamabrew.serve.engines import Engine, GenerationStats, Sampling, TorchEngine
+from llamabrew.run import trained_template
 
 # /v1/completions continues the prompt as given: no chat template, no template stop strings.
 RAW = Template("raw", "{% for m in messages %}{{ m.content }}{% endfor %}", ())
@@ -142,15 +145,6 @@ def plan_adapters(model_or_run: str, adapters: dict[str, str], name: str | None 
     return base, base_name, runs
 
 
-def _template_of(folder: str, tokenizer: Any, override: str | None) -> Template:
-    """The template a model or run was trained with (recipe.yaml, else its tokenizer's), unless overridden."""
-    from llamabrew.data.templates import get_template
-    from llamabrew.recipe import read_saved_recipe
-
-    saved = read_saved_recipe(folder)
-    return get_template(override or (saved.data.template if saved else "auto"), tokenizer)
-
-
 def _open_torch(model_or_run: str, adapters: dict[str, str], name: str | None, template: str | None
                 ) -> list[ServedModel]:
     """The base loaded once, every adapter on it by name, and the base itself under its own name."""
@@ -173,20 +167,13 @@ def _open_torch(model_or_run: str, adapters: dict[str, str], name: str | None, t
         except Exception as e:  # shape mismatch with the base, truncated weights, ...
             raise LlamabrewError(f"{folder}: cannot load this adapter onto '{base}' ({str(e)[:300]})") from e
         tok = load_tokenizer(folder) if (Path(folder) / "tokenizer_config.json").is_file() else base_tok
-        inner = TorchEngine(peft_model, tok, _template_of(folder, tok, template))
+        inner = TorchEngine(peft_model, tok, trained_template(folder, tok, template))
         engine = AdapterEngine(inner, peft_model, key, lock)
         served.append(ServedModel(adapter_name, engine, parent=base_name))
     peft_model.eval()
-    bare = AdapterEngine(TorchEngine(peft_model, base_tok, _template_of(base, base_tok, template)),
+    bare = AdapterEngine(TorchEngine(peft_model, base_tok, trained_template(base, base_tok, template)),
                          peft_model, None, lock)
     return [*served, ServedModel(base_name, bare)]
-
-
-def _is_lora_gguf(path: str) -> bool:
-    from gguf import GGUFReader
-
-    field = GGUFReader(path).fields.get("general.type")
-    return field is not None and field.contents() == "adapter"
 
 
 def _open_gguf(path: str, adapters: dict[str, str], name: str | None, template: str | None,
@@ -195,7 +182,8 @@ def _open_gguf(path: str, adapters: dict[str, str], name: str | None, template: 
     LoRA GGUFs go on top of it, whole models load as they are. Each is its own llama.cpp model in memory
     (llama.cpp applies a LoRA at load time)."""
     from llamabrew.data.templates import get_template
-    from llamabrew.serve.llamacpp import LlamaCppEngine, open_llamacpp_engine
+    from llamabrew.engines.llamacpp import LlamaCppEngine
+    from llamabrew.export import open_llamacpp_engine
 
     main = open_llamacpp_engine(path, threads=threads, ctx=ctx, quant=quant, template=template)
     served = [ServedModel(name or served_name(path), main)]
@@ -203,7 +191,7 @@ def _open_gguf(path: str, adapters: dict[str, str], name: str | None, template: 
         if Path(file).suffix != ".gguf" or not Path(file).is_file():
             raise LlamabrewError(f"--adapter {adapter_name}={file}: with a .gguf model, adapters are .gguf "
                                  "files (`llamabrew export` LoRA GGUFs or whole models)")
-        if _is_lora_gguf(file):
+        if is_adapter_gguf(file):
             tmpl = get_template(template) if template and template != "auto" else main.template
             engine: Engine = LlamaCppEngine(main.path, threads=threads, ctx=ctx, template=tmpl, lora=file)
         else:
@@ -217,7 +205,8 @@ def open_registry(model_or_run: str, adapters: dict[str, str] | None = None, *, 
                   engine: str = "auto", quant: str = "q8_0") -> Registry:
     """Load what ``llamabrew serve`` serves. ``engine`` auto: a .gguf runs on llama.cpp, anything else on torch;
     llamacpp: a run or model directory is exported to GGUF (``quant``) on the fly."""
-    from llamabrew.serve.engines import open_torch_engine, runs_on_llamacpp
+    from llamabrew.engines import runs_on_llamacpp
+    from llamabrew.engines.torch_engine import open_torch_engine
 
     adapters = adapters or {}
     if runs_on_llamacpp(engine, model_or_run):

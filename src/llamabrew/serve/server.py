@@ -1,4 +1,4 @@
-"""`llamabrew serve`: the HTTP server's runtime (fair queue, body limit, uvicorn) and its command.
+"""The HTTP server's runtime behind `llamabrew serve` (`serve.cli`): fair queue, body limit, uvicorn.
 
 One generation runs at a time (the engines hold one model each, and a CPU has no spare cores for a second), so
 fairness is the queue: requests start in arrival order, a client that goes away leaves the queue or stops its
@@ -17,16 +17,13 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Any
 
-import typer
-
-from llamabrew.cli_common import console, friendly_errors
 from llamabrew.errors import LlamabrewError
 from llamabrew.extras import require
 
 if TYPE_CHECKING:  # importing the engines means importing torch: not for `llamabrew --help`
-    from llamabrew.serve.engines import Engine, Sampling
+    from llamabrew.engines import Engine, Sampling
 
 _END = object()
 STARTED = object()  # yielded when the request's generation begins (after its wait in the queue)
@@ -191,8 +188,6 @@ def run_in_thread(app: Any, host: str = "127.0.0.1", port: int = 0) -> Iterator[
         sock.close()
 
 
-# --- the command --------------------------------------------------------------------------------------------
-
 VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # the --max-lora-rank values vLLM accepts
 
 
@@ -235,62 +230,3 @@ def vllm_command(model_or_run: str, adapters: dict[str, str],
             notes.append("the adapters were trained with different chat templates and vLLM renders chats "
                          "with one template per server: run one vLLM server per template")
     return shlex.join(cmd), notes
-
-
-Opt = typer.Option
-
-
-@friendly_errors
-def serve(
-    model_or_run: Annotated[str, typer.Argument(help="run directory, model directory, hub id or .gguf file")],
-    adapter: Annotated[list[str] | None, Opt(help="NAME=DIR: another adapter of the same base, answered as "
-                                                  "model NAME (repeatable)")] = None,
-    host: Annotated[str, Opt(help="address to listen on (0.0.0.0: your whole network)")] = "127.0.0.1",
-    port: Annotated[int, Opt(min=0, max=65535, help="port to listen on")] = 8000,
-    api_key: Annotated[str | None, Opt(envvar="LLAMABREW_API_KEY", show_default=False,
-                                       help="require 'Authorization: Bearer KEY' on /v1")] = None,
-    name: Annotated[str | None, Opt(help="model name of MODEL_OR_RUN (default: its folder name)")] = None,
-    template: Annotated[str | None, Opt(help="override the chat template (default: the trained one)")] = None,
-    engine: Annotated[str, Opt(help="auto (.gguf → llamacpp, else torch), torch or llamacpp (a run directory "
-                                    "is exported to GGUF on the fly)")] = "auto",
-    quant: Annotated[str, Opt(help="quant type when exporting a run for --engine llamacpp")] = "q8_0",
-    ctx: Annotated[int | None, Opt(help="llama.cpp context length (default: the model's)")] = None,
-    threads: Annotated[int | None, Opt(help="CPU threads (default: free cores)")] = None,
-    max_tokens: Annotated[int, Opt(min=1, help="answer length limit when a request sets none")] = 512,
-    max_body_kb: Annotated[int, Opt(min=1, help="largest request body accepted")] = 1024,
-    max_queue: Annotated[int, Opt(min=1, help="requests allowed to wait; more get 503")] = 256,
-    cors_origin: Annotated[list[str] | None, Opt(help="let web pages from this origin call the API")] = None,
-    print_vllm_command: Annotated[bool, Opt("--print-vllm-command",
-                                            help="print the equivalent `vllm serve` line and exit")] = False,
-) -> None:
-    """Serve models over an OpenAI-compatible API with a web chat page at /."""
-    adapters = parse_adapters(adapter)
-    if print_vllm_command:
-        line, notes = vllm_command(model_or_run, adapters, name)
-        for note in notes:
-            console.print(f"[yellow]note:[/] {note}", highlight=False)
-        print(line)
-        return
-    require("serve", "llamabrew serve")  # before loading a model for minutes
-    import uvicorn
-
-    from llamabrew.models import set_threads
-    from llamabrew.serve.api import create_app
-    from llamabrew.serve.registry import open_registry
-
-    set_threads(threads)
-    registry = open_registry(model_or_run, adapters, name=name, template=template, ctx=ctx, threads=threads,
-                             engine=engine, quant=quant)
-    app = create_app(registry, api_key, max_body=max_body_kb * 1024, max_queue=max_queue,
-                     default_max_tokens=max_tokens, cors_origins=cors_origin)
-    url = f"http://{'localhost' if host in ('127.0.0.1', '::1') else host}:{port}"
-    console.print(f"[bold]llamabrew serve[/]: {', '.join(registry.names)}\n  chat page  {url}/\n  OpenAI API "
-                  f"{url}/v1{'  (API key required)' if api_key else ''}", highlight=False)
-    if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
-        console.print("[yellow]warning:[/] listening beyond this machine without --api-key: anyone who can "
-                      "reach it can use it", highlight=False)
-    uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=3, server_header=False)
-
-
-if __name__ == "__main__":
-    typer.run(serve)

@@ -1,106 +1,17 @@
-"""Text generation engines behind chat, eval and the HTTP server.
-
-Every engine renders chat messages with the template the model was trained with, streams text pieces, stops at
-EOS or at the template's stop strings, and records how the last generation went (`last`).
-"""
+"""transformers `generate` as an engine: any Hugging Face causal LM, with or without a PEFT adapter."""
 
 from __future__ import annotations
 
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
 from llamabrew.data.encode import encode_text
 from llamabrew.data.templates import Template
-from llamabrew.errors import LlamabrewError
-
-
-class ContextLengthError(LlamabrewError):
-    """The prompt does not fit the model's context window."""
-
-
-@dataclass
-class Sampling:
-    max_new_tokens: int = 256
-    temperature: float = 0.7  # 0 = greedy
-    top_p: float = 0.9
-    top_k: int = 40
-    repetition_penalty: float = 1.1
-    seed: int | None = None
-    stop: list[str] = field(default_factory=list)
-
-
-GREEDY = Sampling(temperature=0.0, top_p=1.0, top_k=0, repetition_penalty=1.0)
-
-
-@dataclass
-class GenerationStats:
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    seconds: float = 0.0
-    finish_reason: str = "stop"  # "stop" (EOS or stop string) or "length"
-
-    @property
-    def tokens_per_second(self) -> float:
-        return self.completion_tokens / self.seconds if self.seconds > 0 else 0.0
-
-
-class Engine(Protocol):
-    name: str
-    template: Template
-    context_length: int
-    last: GenerationStats
-
-    def stream(self, messages: list[dict[str, str]], sampling: Sampling,
-               cancel: threading.Event | None = None) -> Iterator[str]: ...
-
-    def count_prompt_tokens(self, messages: list[dict[str, str]]) -> int: ...
-
-
-class StopScanner:
-    """Feeds streamed text through, holding back any tail that could still become a stop string."""
-
-    def __init__(self, stops: list[str]) -> None:
-        self.stops = [s for s in stops if s]
-        self.buffer = ""
-        self.stopped = False
-
-    def feed(self, piece: str) -> str:
-        if self.stopped:
-            return ""
-        self.buffer += piece
-        hits = [i for i in (self.buffer.find(s) for s in self.stops) if i >= 0]
-        if hits:
-            self.stopped = True
-            out, self.buffer = self.buffer[: min(hits)], ""
-            return out
-        hold = max((k for s in self.stops for k in range(1, len(s)) if self.buffer.endswith(s[:k])), default=0)
-        out = self.buffer[: len(self.buffer) - hold]
-        self.buffer = self.buffer[len(out):]
-        return out
-
-    def flush(self) -> str:
-        out, self.buffer = ("" if self.stopped else self.buffer), ""
-        return out
-
-
-ENGINES = ("auto", "torch", "llamacpp")
-
-
-def runs_on_llamacpp(engine: str, model_or_run: str | Path) -> bool:
-    """Whether ``--engine`` (auto: a .gguf file goes to llama.cpp, anything else to torch) picks llama.cpp."""
-    if engine not in ENGINES:
-        raise LlamabrewError(f"unknown engine '{engine}': choose auto, torch or llamacpp")
-    return engine == "llamacpp" or (engine == "auto" and Path(model_or_run).suffix == ".gguf")
-
-
-def generate_text(engine: Engine, messages: list[dict[str, str]], sampling: Sampling) -> str:
-    return "".join(engine.stream(messages, sampling))
+from llamabrew.engines.base import GREEDY, ContextLengthError, GenerationStats, Sampling, StopScanner
 
 
 class TorchEngine:
@@ -209,13 +120,9 @@ class TorchEngine:
 def open_torch_engine(model_or_run: str, base: str | None = None, adapter: str | None = None,
                       template: str | None = None, trust_remote_code: bool = False) -> TorchEngine:
     """A `TorchEngine` for a model dir / hub id, a run dir, or base + adapter, with the template it was trained on."""
-    from llamabrew.data.templates import get_template
     from llamabrew.models import load_for_inference
-    from llamabrew.recipe import read_saved_recipe
+    from llamabrew.run import trained_template
 
     model, tokenizer = load_for_inference(model_or_run, base=base, adapter=adapter,
                                           trust_remote_code=trust_remote_code)
-    if template is None:
-        saved = read_saved_recipe(adapter or model_or_run)
-        template = saved.data.template if saved else "auto"
-    return TorchEngine(model, tokenizer, get_template(template, tokenizer))
+    return TorchEngine(model, tokenizer, trained_template(adapter or model_or_run, tokenizer, template))

@@ -21,8 +21,9 @@ import torch
 from gguf import MODEL_ARCH, GGMLQuantizationType, GGUFWriter, LlamaFileType
 
 from llamabrew.errors import LlamabrewError
-from llamabrew.export.gguf_tokenizer import GGUFVocab, add_vocab
 from llamabrew.extras import require
+from llamabrew.gguf.keys import STOP_STRINGS, TEMPLATE_NAME
+from llamabrew.gguf.vocab import GGUFVocab, add_vocab
 
 QUANTS = ("f16", "q8_0", "q4_0", "q4_k_m")
 # HF model_type -> (llama.cpp architecture, whether q/k rows need LLaMA's rotary permutation)
@@ -185,9 +186,9 @@ def write_gguf(state: Mapping[str, torch.Tensor], config: Any, vocab: GGUFVocab,
         heads = add_hparams(writer, config, direct)
         add_vocab(writer, vocab, chat.jinja)
         if chat.name:
-            writer.add_string("llamabrew.template", chat.name)
+            writer.add_string(TEMPLATE_NAME, chat.name)
         if chat.stop:
-            writer.add_array("llamabrew.stop", list(chat.stop))
+            writer.add_array(STOP_STRINGS, list(chat.stop))
         convert_tensors(writer, state, config, direct, heads)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()

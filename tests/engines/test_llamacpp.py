@@ -5,21 +5,16 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 pytest.importorskip("llama_cpp")
 
 from llamabrew.data.encode import encode_text  # noqa: E402
 from llamabrew.data.templates import BUILTIN  # noqa: E402
-from llamabrew.serve.engines import ContextLengthError, Sampling  # noqa: E402
-from llamabrew.serve.llamacpp import (  # noqa: E402
-    LlamaCppEngine,
-    MemoryEstimate,
-    estimate_memory,
-    open_llamacpp_engine,
-    read_gguf_info,
-)
+from llamabrew.engines import ContextLengthError, Sampling  # noqa: E402
+from llamabrew.engines.llamacpp import LlamaCppEngine  # noqa: E402
+from llamabrew.export import open_llamacpp_engine  # noqa: E402
+from llamabrew.gguf.reader import MemoryEstimate, estimate_memory, read_gguf_info  # noqa: E402
 
 GREEDY = Sampling(max_new_tokens=10, temperature=0.0, top_p=1.0, top_k=0, repetition_penalty=1.0)
 CHAT = [{"role": "user", "content": "Where does Mira Lanthorn live?"}]
@@ -56,7 +51,7 @@ def test_template_and_prompt_tokens_match_training(engine: LlamaCppEngine, run_d
 
 
 def test_streams_greedy_text_like_torch(engine: LlamaCppEngine, run_dir: Path) -> None:
-    from llamabrew.serve.engines import open_torch_engine
+    from llamabrew.engines.torch_engine import open_torch_engine
 
     pieces = list(engine.stream(CHAT, GREEDY))
     stats = engine.last
@@ -82,7 +77,7 @@ def test_prompt_longer_than_context_is_refused(engine: LlamaCppEngine) -> None:
         list(engine.stream([{"role": "user", "content": "fox " * 400}], GREEDY))
 
 
-def test_memory_estimate_and_warning(engine: LlamaCppEngine, capsys: pytest.CaptureFixture) -> None:
+def test_memory_estimate_and_warning(engine: LlamaCppEngine, caplog: pytest.LogCaptureFixture) -> None:
     info = read_gguf_info(engine.path)
     est = estimate_memory(info, 1024)
     assert est.kv_cache == 2 * 1024 * 2 * 2 * 8 * 2  # K and V, 2 layers, 2 KV heads of 8 dims, f16
@@ -90,8 +85,9 @@ def test_memory_estimate_and_warning(engine: LlamaCppEngine, capsys: pytest.Capt
     assert est.warning() is None  # a tiny model fits
     pi = MemoryEstimate(weights=3 * 2**30, kv_cache=2**30, compute=2**28, available=2 * 2**30)
     assert "only 2.0 GiB of RAM is free" in pi.warning()
-    LlamaCppEngine(engine.path, threads=1, ctx=128).close()
-    assert "needs ~" in capsys.readouterr().err
+    with caplog.at_level("INFO", logger="llamabrew"):
+        LlamaCppEngine(engine.path, threads=1, ctx=128).close()
+    assert "needs ~" in caplog.text
 
 
 def test_run_directory_is_exported_on_the_fly_once(run_dir: Path) -> None:
@@ -102,67 +98,3 @@ def test_run_directory_is_exported_on_the_fly_once(run_dir: Path) -> None:
     stamp = path.stat().st_mtime_ns
     open_llamacpp_engine(run_dir, threads=1, ctx=128, announce=False).close()
     assert path.stat().st_mtime_ns == stamp
-
-
-def test_a_crashing_amx_build_falls_back_once_and_says_how_to_fix_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """The probe child dies (SIGILL): plain buffers, a warning naming the rebuild flags, and the verdict is
-    remembered, so the next process does not probe again."""
-    import subprocess
-
-    import llama_cpp
-
-    from llamabrew.serve import llamacpp
-
-    monkeypatch.delenv("LLAMABREW_LLAMACPP_EXTRA_BUFFERS", raising=False)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    monkeypatch.setattr(llama_cpp, "llama_print_system_info", lambda: b"AVX512 = 1 | AMX_INT8 = 1 |")
-    probes: list[list[str]] = []
-
-    def sigill(cmd: list[str], **_: object) -> subprocess.CompletedProcess[bytes]:
-        probes.append(cmd)
-        return subprocess.CompletedProcess(cmd, -4, b"", b"")
-
-    monkeypatch.setattr(subprocess, "run", sigill)
-    llamacpp.extra_buffers_work.cache_clear()
-    try:
-        assert llamacpp.extra_buffers_work() is False
-        llamacpp.extra_buffers_work.cache_clear()
-        assert llamacpp.extra_buffers_work() is False
-    finally:
-        llamacpp.extra_buffers_work.cache_clear()
-    assert len(probes) == 1  # the second answer came from the cache file
-    assert [p.read_text() for p in (tmp_path / "llamabrew").glob("bufs-*")] == ["crashed"]
-    assert "-fno-dse" in capsys.readouterr().err
-
-
-@pytest.mark.parametrize("quant", ["q4_0", "q8_0"])
-def test_extra_buffer_kernels_agree_with_plain_buffers(
-    quant: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """llama.cpp's repacked / AMX kernels (where this build and CPU have them) give the logits its plain kernels
-    give, on a model wide enough to use them. A 32-wide model once got 7% top-1 agreement from them."""
-    from tinymodels import build_tiny_model
-
-    from llamabrew.export import export_gguf
-    from llamabrew.serve import llamacpp
-
-    src = build_tiny_model(tmp_path / "model", hidden=128)
-    path = export_gguf(src, quant, tmp_path / "m.gguf", verify=False, modelfile=False, template="chatml",
-                       verbose=False).results[0].path
-    ids = list(range(5, 60))
-    logits = {}
-    for mode in ("extra", "plain"):
-        if mode == "plain":
-            monkeypatch.setenv("LLAMABREW_LLAMACPP_EXTRA_BUFFERS", "0")
-        llamacpp.extra_buffers_work.cache_clear()
-        engine = LlamaCppEngine(path, threads=1, ctx=128, logits_all=True, announce=False)
-        try:
-            logits[mode] = engine.logits(ids)
-        finally:
-            engine.close()
-    llamacpp.extra_buffers_work.cache_clear()
-    extra, plain = logits["extra"], logits["plain"]
-    assert np.abs(extra - plain).max() <= 0.1 * plain.std()
-    assert (extra.argmax(-1) == plain.argmax(-1)).mean() >= 0.9
