@@ -1,5 +1,7 @@
 """The training loop shared by fine-tuning and pretraining: one optimizer step fits on one screen.
 
+What is minimised (an `Objective`, default next-token cross-entropy) and how examples become micro-batches (a
+`Batcher`, default one padded example per row) are arguments, so packing, other losses or DPO need no loop edits.
 Data order is a pure function of (seed, epoch); checkpoints hold weights, optimizer, scheduler and RNG, so a run
 killed at any moment and resumed reaches the same weights as one that was never interrupted.
 """
@@ -16,12 +18,14 @@ from pathlib import Path
 
 import torch
 
+from llamabrew.data.batching import Batcher, PaddedBatcher, count_tokens, to_device
+from llamabrew.data.batching import micro_batch_indices as micro_batch_indices  # the planner's import
 from llamabrew.data.encode import Encoded
 from llamabrew.io import append_jsonl, atomic_write_text, read_jsonl
 from llamabrew.progress import progress_bar
 from llamabrew.recipe import OptimConfig
 from llamabrew.train.checkpoint import LoopProgress, list_checkpoints, load_checkpoint, save_checkpoint
-from llamabrew.train.loss import collate, loss_sum, mean_loss, target_tokens
+from llamabrew.train.objective import CausalLM, Objective, mean_loss
 from llamabrew.train.report import write_loss_plot
 
 LOSS_LOG = "loss.jsonl"
@@ -36,12 +40,20 @@ class FitResult:
     elapsed_s: float
 
 
-def steps_per_epoch(n_examples: int, cfg: OptimConfig) -> int:
-    return max(1, math.ceil(math.ceil(n_examples / cfg.micro_batch_size) / cfg.grad_accum))
+def steps_per_epoch(train: int | Sequence[Encoded], cfg: OptimConfig, batcher: Batcher | None = None) -> int:
+    """Optimizer steps per pass over ``train``; a bare count stands for one example per row (the planners'
+    estimates), a batcher that packs needs the examples themselves."""
+    if batcher is None:
+        micro = math.ceil((train if isinstance(train, int) else len(train)) / cfg.micro_batch_size)
+    elif isinstance(train, int):
+        raise TypeError("steps_per_epoch with a batcher needs the examples, not their count")
+    else:
+        micro = batcher.micro_batches_per_epoch(train, cfg)
+    return max(1, math.ceil(micro / cfg.grad_accum))
 
 
-def total_steps(n_examples: int, cfg: OptimConfig) -> int:
-    return cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch(n_examples, cfg)))
+def total_steps(train: int | Sequence[Encoded], cfg: OptimConfig, batcher: Batcher | None = None) -> int:
+    return cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch(train, cfg, batcher)))
 
 
 def lr_schedule(cfg: OptimConfig, total: int) -> Callable[[int], float]:
@@ -55,14 +67,6 @@ def lr_schedule(cfg: OptimConfig, total: int) -> Callable[[int], float]:
         return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
     return factor
-
-
-def micro_batch_indices(n: int, cfg: OptimConfig, global_micro: int) -> list[int]:
-    """Example indices of the ``global_micro``-th micro-batch of the run (epochs reshuffled by seed)."""
-    per_epoch = math.ceil(n / cfg.micro_batch_size)
-    epoch, k = divmod(global_micro, per_epoch)
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch))
-    return order[k * cfg.micro_batch_size : (k + 1) * cfg.micro_batch_size].tolist()
 
 
 STALL_CHECK_AT = 0.25  # share of the steps after which a loss that has not fallen is reported
@@ -98,21 +102,33 @@ def fit(
     cfg: OptimConfig,
     out: Path,
     *,
-    pad_id: int,
     device: torch.device,
+    pad_id: int | None = None,
+    objective: Objective | None = None,
+    batcher: Batcher | None = None,
     dtype: torch.dtype = torch.float32,
     resume: bool = False,
     description: str = "training",
 ) -> FitResult:
-    """Train ``model``'s trainable parameters; checkpoints go to ``out/checkpoints``, the loss log to ``out``."""
+    """Train ``model``'s trainable parameters; checkpoints go to ``out/checkpoints``, the loss log to ``out``.
+
+    ``objective`` defaults to `CausalLM` and ``batcher`` to `PaddedBatcher(pad_id)`: the same run as before
+    either existed.
+    """
     if cfg.learning_rate is None or cfg.grad_accum is None:
         raise ValueError("fit needs a learning rate and gradient accumulation (llamabrew.train.defaults.resolve)")
-    n_steps = total_steps(len(train), cfg)
-    per_epoch = steps_per_epoch(len(train), cfg)
+    if batcher is None:
+        if pad_id is None:
+            raise ValueError("fit needs pad_id, or a batcher that knows its padding")
+        batcher = PaddedBatcher(pad_id)
+    objective = objective or CausalLM()
+    n_steps = total_steps(train, cfg, batcher)
+    per_epoch = steps_per_epoch(train, cfg, batcher)
     eval_every = cfg.eval_every or per_epoch
     save_every = cfg.save_every or per_epoch
     optimizer = make_optimizer(model, cfg, device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(cfg, n_steps))
+    trainable = [p for p in model.parameters() if p.requires_grad]
     ckpt_root, log_path = out / "checkpoints", out / LOSS_LOG
     progress = LoopProgress()
     if resume and (found := list_checkpoints(ckpt_root)):
@@ -122,7 +138,7 @@ def fit(
     # Keep the log consistent with the checkpoint: drop lines written after it by the killed run.
     kept = [r for r in read_jsonl(log_path) if r.get("step", 0) <= progress.step] if resume else []
     _rewrite_log(log_path, kept)
-    val_batches = [collate(val[i : i + cfg.micro_batch_size], pad_id) for i in range(0, len(val), cfg.micro_batch_size)]
+    val_batches = batcher.eval_batches(val, cfg) if val else []
     autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
     model.train()
     started, stopped_early = time.monotonic() - progress.elapsed_s, False
@@ -133,35 +149,37 @@ def fit(
     with progress_bar() as bar:
         task = bar.add_task(description, total=n_steps, completed=progress.step, unit="tok", info="")
         while progress.step < n_steps:
-            # ---- one optimizer step: grad_accum micro-batches, loss normalised by the step's target tokens ----
-            first = progress.step * cfg.grad_accum
-            micro = [collate([train[i] for i in micro_batch_indices(len(train), cfg, first + k)], pad_id)
-                     for k in range(cfg.grad_accum)]
-            n_targets = max(1, sum(target_tokens(b) for b in micro))
-            step_loss, t0 = 0.0, time.monotonic()
-            for b in micro:
-                b = {k: v.to(device) for k, v in b.items()}
+            # ---- one optimizer step: grad_accum micro-batches; the summed loss's gradients are divided by the
+            # step's target count, so every target weighs the same whatever micro-batch it landed in ----
+            first, t0 = progress.step * cfg.grad_accum, time.monotonic()
+            step_loss, n_targets, step_tokens, extra = 0.0, 0, 0, []
+            for k in range(cfg.grad_accum):
+                b = batcher.batch(train, cfg, first + k)
+                step_tokens += count_tokens(b)
                 with autocast:
-                    loss = loss_sum(model, b)
-                (loss / n_targets).backward()
-                step_loss += float(loss.detach())
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                [p for p in model.parameters() if p.requires_grad], cfg.max_grad_norm or float("inf"))
+                    o = objective(model, to_device(b, device))
+                o.loss.backward()
+                step_loss, n_targets = step_loss + float(o.loss.detach()), n_targets + o.targets
+                extra.append(o.metrics)
+            for p in trainable:
+                if p.grad is not None:
+                    p.grad.div_(max(1, n_targets))
+            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm or float("inf"))
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             # ---- bookkeeping ----
             progress.step += 1
-            step_tokens = sum(int(b["attention_mask"].sum()) for b in micro)
             progress.tokens += step_tokens
             progress.elapsed_s = time.monotonic() - started
-            last_train = step_loss / n_targets
+            last_train = step_loss / max(1, n_targets)
             record = {"step": progress.step, "loss": round(last_train, 6), "lr": scheduler.get_last_lr()[0],
                       "grad_norm": round(float(grad_norm), 4), "tokens": progress.tokens}
+            record |= {k: v for k, v in mean_metrics(extra).items() if k not in record}
             out_of_time = cfg.max_minutes is not None and progress.elapsed_s >= cfg.max_minutes * 60
             done = progress.step >= n_steps or out_of_time
             if val_batches and (progress.step % eval_every == 0 or done):
-                last_val = mean_loss(model, val_batches, device)
+                last_val = mean_loss(model, val_batches, device, objective)
                 record["val_loss"] = round(last_val, 6)
             if progress.step % cfg.log_every == 0 or "val_loss" in record or done:
                 append_jsonl(log_path, record)
@@ -178,6 +196,12 @@ def fit(
                 break
     write_loss_plot(log_path, out / "loss.png")
     return FitResult(progress.step, last_train, last_val, stopped_early, progress.elapsed_s)
+
+
+def mean_metrics(per_micro: Sequence[dict[str, float]]) -> dict[str, float]:
+    """An objective's extra metrics averaged over the step's micro-batches, for the loss log."""
+    names = dict.fromkeys(name for m in per_micro for name in m)
+    return {n: round(sum(vs) / len(vs), 6) for n in names if (vs := [m[n] for m in per_micro if n in m])}
 
 
 def _rewrite_log(path: Path, records: list[dict]) -> None:

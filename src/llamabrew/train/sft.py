@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from llamabrew.cli_common import console
+from llamabrew.data.batching import PackedBatcher, PaddedBatcher
 from llamabrew.data.encode import Encoded, EncodeReport, encode_examples
 from llamabrew.data.formats import Example, find_duplicates, load_examples
 from llamabrew.data.templates import Template, get_template
@@ -22,6 +23,7 @@ from llamabrew.recipe import Recipe, save_recipe
 from llamabrew.train.checkpoint import list_checkpoints
 from llamabrew.train.defaults import resolve as resolve_defaults
 from llamabrew.train.loop import FitResult, fit
+from llamabrew.train.objective import get_objective
 from llamabrew.train.plan import print_plan
 
 
@@ -130,8 +132,11 @@ def run(recipe: Recipe) -> TrainResult:
                notes=chosen.notes)
     out.mkdir(parents=True, exist_ok=True)
     save_recipe(recipe, out)
-    result: FitResult = fit(model, train, val, recipe.optim, out, pad_id=tokenizer.pad_token_id, device=device,
-                            dtype=dtype, resume=recipe.resume, description=f"{recipe.method} fine-tuning")
+    pad = tokenizer.pad_token_id
+    batcher = PackedBatcher(pad, recipe.data.cutoff_len) if recipe.data.packing else PaddedBatcher(pad)
+    result: FitResult = fit(model, train, val, recipe.optim, out, device=device, batcher=batcher, dtype=dtype,
+                            objective=get_objective(recipe.objective), resume=recipe.resume,
+                            description=f"{recipe.method} fine-tuning")
     tokenizer.chat_template = template.jinja  # the trained format travels with the run (chat, export, vLLM)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)

@@ -1,0 +1,98 @@
+"""What a training step minimises, as a small swappable object (torchtune style).
+
+The loop only needs, per micro-batch, a loss *summed* over its targets and how many targets there were: summing
+lets gradient accumulation divide by the targets of the whole step, so every token weighs the same whatever
+micro-batch it landed in. Chunked or fused cross-entropy, or preference losses (DPO), are other objectives with
+the same call; none of them needs the loop edited.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+
+from llamabrew.data.encode import IGNORE
+
+
+@dataclass
+class ObjectiveOutput:
+    loss: torch.Tensor  # summed over the micro-batch's targets (a scalar with a graph)
+    targets: int  # what the sum runs over (target tokens for a language-model loss)
+    metrics: dict[str, float] = field(default_factory=dict)  # extra figures for the loss log (e.g. DPO margins)
+
+
+class Objective(Protocol):
+    def __call__(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> ObjectiveOutput: ...
+
+
+def target_tokens(batch: dict[str, torch.Tensor]) -> int:
+    """Tokens that contribute to the loss (labels shifted left by one)."""
+    return int((batch["labels"][:, 1:] != IGNORE).sum())
+
+
+def model_inputs(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor | None]:
+    """The batch's inputs in the form the model's attention implementation honours.
+
+    A packed batch carries a 4D boolean mask (True = attend) and per-example ``position_ids``. transformers
+    passes a 4D mask through unchanged: sdpa takes a boolean one as is, eager *adds* the mask to the scores, so
+    it gets the additive float form; other implementations (flash, flex) get no mask and find the example
+    boundaries in ``position_ids`` themselves (a position that does not follow the previous one starts a new one);
+    transformers looks for them only without a KV cache, so the loss runs with ``use_cache=False``. A batch may
+    also carry no mask at all and let ``position_ids`` alone say where examples start.
+    """
+    mask = batch.get("attention_mask")
+    if mask is not None and mask.dim() == 4:
+        impl = getattr(getattr(model, "config", None), "_attn_implementation", "sdpa")
+        if impl == "eager":
+            mask = torch.zeros(mask.shape, device=mask.device).masked_fill(~mask, torch.finfo(torch.float32).min)
+        elif impl != "sdpa":
+            mask = None
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": mask}
+    if "position_ids" in batch:
+        inputs["position_ids"] = batch["position_ids"]
+    return inputs
+
+
+class CausalLM:
+    """Summed next-token cross-entropy over the tokens whose label is not IGNORE (supervised fine-tuning and
+    pretraining alike: the labels decide what is trained on)."""
+
+    def __call__(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> ObjectiveOutput:
+        logits = model(**model_inputs(model, batch), use_cache=False).logits
+        shift_logits = logits[:, :-1].float()
+        shift_labels = batch["labels"][:, 1:]
+        loss = F.cross_entropy(
+            shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1), ignore_index=IGNORE,
+            reduction="sum",
+        )
+        return ObjectiveOutput(loss, target_tokens(batch))
+
+
+OBJECTIVES: dict[str, Callable[[], Objective]] = {"sft": CausalLM}
+
+
+def get_objective(name: str) -> Objective:
+    """The objective a recipe names (``Recipe.objective``)."""
+    if name not in OBJECTIVES:
+        raise ValueError(f"unknown objective {name!r} (known: {', '.join(OBJECTIVES)})")
+    return OBJECTIVES[name]()
+
+
+@torch.no_grad()
+def mean_loss(model: torch.nn.Module, batches: Sequence[dict[str, torch.Tensor]], device: torch.device,
+              objective: Objective | None = None) -> float:
+    """Target-weighted mean loss over batches (validation / held-out loss)."""
+    objective = objective or CausalLM()
+    was_training = model.training
+    model.eval()
+    total, n = 0.0, 0
+    for b in batches:
+        out = objective(model, {k: v.to(device) for k, v in b.items()})
+        total += float(out.loss)
+        n += out.targets
+    model.train(was_training)
+    return total / max(n, 1)

@@ -1,0 +1,153 @@
+"""The objective seam of `fit`: CausalLM is the old loss, a custom objective is called and logged, and a packed
+run learns and resumes exactly after SIGKILL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+from safetensors.torch import load_file
+from test_resume import losses, train_args
+from test_resume import write_data as write_sums
+from test_sft import recipe as sft_recipe
+
+from llamabrew import train as train_api
+from llamabrew.data.batching import PackedBatcher, PaddedBatcher, collate
+from llamabrew.data.encode import IGNORE, Encoded, encode_examples
+from llamabrew.data.formats import load_examples
+from llamabrew.data.templates import get_template
+from llamabrew.recipe import OptimConfig
+from llamabrew.train.loop import FitResult, fit
+from llamabrew.train.loss import loss_sum
+from llamabrew.train.objective import CausalLM, ObjectiveOutput, get_objective
+
+
+def tiny(tiny_model_dir: Path) -> torch.nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+
+
+def sums_encoded(tmp_path: Path, tokenizer, cutoff: int = 64) -> list[Encoded]:
+    examples = load_examples(write_sums(tmp_path / "sums.json"))
+    encoded, _ = encode_examples(examples, tokenizer, get_template("alpaca_short", tokenizer), cutoff)
+    return encoded
+
+
+def test_causal_lm_is_the_summed_cross_entropy_of_the_target_tokens(tiny_model_dir: Path) -> None:
+    model = tiny(tiny_model_dir).eval()
+    batch = collate([Encoded([5, 6, 7, 8, 9], [IGNORE, IGNORE, 7, 8, 9]), Encoded([5, 9, 4], [IGNORE, 9, 4])], 0)
+    with torch.no_grad():
+        out = CausalLM()(model, batch)
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        by_hand = sum(F.cross_entropy(logits[r, t - 1], batch["labels"][r, t], reduction="sum")
+                      for r, t in [(0, 2), (0, 3), (0, 4), (1, 1), (1, 2)])
+        assert out.targets == 5 and out.metrics == {}
+        assert float(out.loss) == pytest.approx(float(by_hand), abs=1e-4)
+        assert float(loss_sum(model, batch)) == float(out.loss)  # the old name still answers
+    assert isinstance(get_objective("sft"), CausalLM)
+    with pytest.raises(ValueError, match="unknown objective 'dpo'"):
+        get_objective("dpo")
+
+
+class Counting:
+    """CausalLM that counts its calls and reports them as a metric."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> ObjectiveOutput:
+        self.calls += 1
+        out = CausalLM()(model, batch)
+        return ObjectiveOutput(out.loss, out.targets, {"calls": float(self.calls)})
+
+
+def test_a_custom_objective_is_called_for_training_and_validation_and_its_metric_logged(
+        tmp_path: Path, tiny_model_dir: Path, tiny_tokenizer) -> None:
+    data = sums_encoded(tmp_path, tiny_tokenizer)
+    train, val = data[:40], data[40:]
+    cfg = OptimConfig(max_steps=3, micro_batch_size=4, grad_accum=2, learning_rate=1e-3, eval_every=3, seed=1)
+    objective = Counting()
+    fit(tiny(tiny_model_dir), train, val, cfg, tmp_path / "run", pad_id=tiny_tokenizer.pad_token_id,
+        device=torch.device("cpu"), objective=objective)
+    log = losses(tmp_path / "run")
+    assert [r["calls"] for r in log] == [1.5, 3.5, 5.5]  # the mean over each step's two micro-batches
+    assert "val_loss" in log[-1]
+    assert objective.calls == 6 + 2  # and validation (8 examples, 2 micro-batches) goes through it too
+
+
+def test_fit_with_packing_learns(tmp_path: Path, tiny_model_dir: Path, tiny_tokenizer) -> None:
+    train = sums_encoded(tmp_path, tiny_tokenizer)
+    batcher = PackedBatcher(tiny_tokenizer.pad_token_id, row_len=128)
+    cfg = OptimConfig(max_steps=20, micro_batch_size=2, grad_accum=1, learning_rate=1e-2, warmup_ratio=0, seed=3)
+    assert batcher.micro_batches_per_epoch(train, cfg) < PaddedBatcher(0).micro_batches_per_epoch(train, cfg)
+    result = fit(tiny(tiny_model_dir), train, [], cfg, tmp_path / "run", device=torch.device("cpu"),
+                 batcher=batcher)
+    log = losses(tmp_path / "run")
+    assert result.steps == 20 and len(log) == 20
+    assert sum(r["loss"] for r in log[-3:]) / 3 < log[0]["loss"] - 1.0
+    per_epoch = batcher.micro_batches_per_epoch(train, cfg)
+    rows = [row for i in range(20) for row in batcher.rows(train, cfg.seed, i // per_epoch)[i % per_epoch * 2:][:2]]
+    assert log[-1]["tokens"] == sum(len(train[j]) for row in rows for j in row)  # real tokens, not the padding
+
+
+def test_packing_in_a_recipe_reaches_fit(tmp_path: Path, tiny_model_dir: Path, monkeypatch) -> None:
+    seen: list[dict] = []
+
+    def fake_fit(*args: object, **kwargs: object) -> FitResult:
+        seen.append(kwargs)
+        return FitResult(0, None, None, False, 0.0)
+
+    monkeypatch.setattr("llamabrew.train.sft.fit", fake_fit)
+    r = sft_recipe(tiny_model_dir, write_sums(tmp_path / "sums.json"), tmp_path / "packed", max_steps=1)
+    r.data.packing = True
+    train_api.run(r)
+    r.data.packing, r.out = False, tmp_path / "padded"
+    train_api.run(r)
+    packed, padded = seen
+    assert isinstance(packed["batcher"], PackedBatcher) and packed["batcher"].row_len == r.data.cutoff_len
+    assert isinstance(padded["batcher"], PaddedBatcher)
+    assert isinstance(packed["objective"], CausalLM)
+
+
+def test_a_packed_run_killed_and_resumed_ends_like_an_uninterrupted_one(tmp_path: Path,
+                                                                        tiny_model_dir: Path) -> None:
+    data = write_sums(tmp_path / "add.json")
+    packed_recipe = tmp_path / "packed.yaml"
+    packed_recipe.write_text(yaml.safe_dump({"data": {"packing": True, "cutoff_len": 128}}))
+
+    def args(out: Path, *extra: str) -> list[str]:
+        a = train_args(tiny_model_dir, data, out)
+        return [*a[: a.index("train") + 1], str(packed_recipe), *a[a.index("train") + 1 :], *extra]
+
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(args(straight), check=True, env=env, capture_output=True)
+    assert yaml.safe_load((straight / "recipe.yaml").read_text())["data"]["packing"] is True
+
+    proc = subprocess.Popen(args(killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not list((killed / "checkpoints").glob("step-0000012")):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    if (killed / "adapter_model.safetensors").exists():
+        pytest.fail("the run finished before it could be killed; make it longer")
+    assert 12 <= max(r["step"] for r in losses(killed)) < 60
+    resumed = subprocess.run(args(killed, "--resume"), env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+
+    a, b = losses(straight), losses(killed)
+    assert [r["step"] for r in b] == [r["step"] for r in a] == list(range(1, 61))
+    assert [r["loss"] for r in b] == [r["loss"] for r in a]
+    assert b[-1]["val_loss"] == a[-1]["val_loss"]
+    wa = load_file(str(straight / "adapter_model.safetensors"))
+    wb = load_file(str(killed / "adapter_model.safetensors"))
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
