@@ -25,10 +25,10 @@ def test_learning_rate_follows_the_width() -> None:
 
 
 def test_small_data_takes_smaller_steps_rather_than_too_few() -> None:
-    cfg = OptimConfig()
-    assert default_grad_accum(52_000, cfg) == 8  # Alpaca-sized data keeps batches of 32
-    assert default_grad_accum(142, cfg) == 1  # the real-model case: 15 steps at batch 32, 108 at batch 4
-    middle = default_grad_accum(900, cfg)
+    cfg = OptimConfig()  # micro-batches of 4 examples
+    assert default_grad_accum(52_000 // 4, cfg) == 8  # Alpaca-sized data keeps batches of 32
+    assert default_grad_accum(36, cfg) == 1  # the real-model case, 142 examples: 15 steps at batch 32, 108 at 4
+    middle = default_grad_accum(900 // 4, cfg)
     assert 1 < middle < 8
     assert total_steps(900, cfg.model_copy(update={"grad_accum": middle})) >= MIN_STEPS
     assert total_steps(900, cfg.model_copy(update={"grad_accum": middle + 1})) < MIN_STEPS
@@ -39,10 +39,10 @@ def test_resolve_fills_only_what_the_recipe_left_unset() -> None:
         class config:  # noqa: N801 - stands in for a HF config
             hidden_size = 576
 
-    chosen = resolve(OptimConfig(), "lora", Model(), 142)
+    chosen = resolve(OptimConfig(), "lora", Model(), 36)
     assert chosen.optim.grad_accum == 1 and chosen.optim.learning_rate == pytest.approx(8.0e-4, rel=0.02)
     assert any("width 576" in n for n in chosen.notes) and any("small data" in n for n in chosen.notes)
-    fixed = resolve(OptimConfig(learning_rate=1e-5, grad_accum=4), "lora", Model(), 142)
+    fixed = resolve(OptimConfig(learning_rate=1e-5, grad_accum=4), "lora", Model(), 36)
     assert (fixed.optim.learning_rate, fixed.optim.grad_accum, fixed.notes) == (1e-5, 4, [])
 
 

@@ -87,10 +87,10 @@ def test_corpus_errors_name_the_file_and_line(tmp_path: Path) -> None:
 def test_a_txt_corpus_without_blank_lines_is_one_document_per_line(tmp_path: Path) -> None:
     lines = tmp_path / "facts.txt"
     lines.write_text("".join(f"Person {i} lives in Town {i % 7}.\n" for i in range(60)))
-    assert len(read_corpus([lines])) == 60
+    assert len(read_corpus([lines]).docs) == 60
     paragraphs = tmp_path / "bios.txt"
     paragraphs.write_text("First line of one story.\nIts second line.\n\n  \nAnother story.\n")
-    assert read_corpus([paragraphs]) == ["First line of one story.\nIts second line.", "Another story."]
+    assert read_corpus([paragraphs]).docs == ["First line of one story.\nIts second line.", "Another story."]
 
 
 def test_pretraining_on_a_single_document_or_one_fact_per_line_does_not_crash(tmp_path: Path) -> None:
@@ -108,18 +108,25 @@ def test_pretraining_on_a_single_document_or_one_fact_per_line_does_not_crash(tm
         assert "Traceback" not in res.stderr and (out / "model.safetensors").is_file()
 
 
-def test_packing_keeps_documents_whole_and_in_corpus_order() -> None:
+def test_documents_encode_whole_and_a_corpus_says_whether_its_order_matters(tmp_path: Path) -> None:
     from llamabrew.train.pretrain import encode_corpus
     from llamabrew.train.tokenizer import train_bpe_tokenizer
 
     tok = train_bpe_tokenizer(CORPUS, 300)
     docs = ["Ann lives in Brel.", "Ann owns a goat.", "Bo plays the harp. " * 12, "Cy is here."]
-    lengths = [len(tok(d)["input_ids"]) + 1 for d in docs]  # BOS ... EOS
-    packed = encode_corpus(docs, tok, 40)
-    flat = [i for w in packed for i in w.input_ids]
+    encoded = encode_corpus(docs, tok, 40)
+    flat = [i for w in encoded for i in w.input_ids]
     assert flat == [i for d in docs for i in [*tok(d)["input_ids"], tok.eos_token_id]]  # nothing lost, same order
-    assert all(len(w) <= 40 for w in packed) and all(w.labels == w.input_ids for w in packed)
-    assert len(packed[0]) == lengths[0] + lengths[1]  # the two short lines share a window
-    assert len(packed) < len(encode_corpus(docs, tok, 40, pack=False))
-    assert [len(w) for w in encode_corpus(docs[:2], tok, 40, pack=False)] == lengths[:2]  # unpacked: one each
+    assert all(len(w) <= 40 for w in encoded) and all(w.labels == w.input_ids for w in encoded)
+    lengths = [len(tok(d)["input_ids"]) + 1 for d in docs]  # BOS ... EOS
+    assert [len(w) for w in encoded if len(w) < 40] == [lengths[0], lengths[1], lengths[2] % 40, lengths[3]]
+    assert len(encoded) == 3 + -(-lengths[2] // 40)  # the long document is split, the short ones stay whole
     assert encode_corpus([], tok, 40) == []
+    lines, paragraphs, records = tmp_path / "l.txt", tmp_path / "p.txt", tmp_path / "r.jsonl"
+    lines.write_text("Ann lives in Brel.\nAnn owns a goat.\n", encoding="utf-8")
+    paragraphs.write_text("Ann lives in Brel.\n\nBo plays the harp.\n", encoding="utf-8")
+    records.write_text(json.dumps({"text": "Ann lives in Brel."}) + "\n", encoding="utf-8")
+    assert read_corpus([lines]).order == "rotate" and read_corpus([paragraphs]).order == "shuffle"
+    assert read_corpus([lines, records]).order == "shuffle" and len(read_corpus([lines, records]).docs) == 3
+
+

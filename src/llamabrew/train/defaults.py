@@ -55,16 +55,16 @@ def default_learning_rate(method: str, width: int | None) -> float:
     return min(high, max(low, reference * math.sqrt(REFERENCE_WIDTH / width)))
 
 
-def default_grad_accum(n_examples: int, cfg: OptimConfig) -> int:
-    """The largest accumulation (≤ MAX_GRAD_ACCUM) whose run still has ``MIN_STEPS`` optimizer steps."""
-    micro_per_epoch = math.ceil(n_examples / cfg.micro_batch_size)
+def default_grad_accum(micro_per_epoch: int, cfg: OptimConfig) -> int:
+    """The largest accumulation (≤ MAX_GRAD_ACCUM) whose run still has ``MIN_STEPS`` optimizer steps, given the
+    micro-batches of one epoch (padded: examples / micro_batch_size; packed: rows / micro_batch_size)."""
     for accum in range(MAX_GRAD_ACCUM, 1, -1):
         if math.ceil(cfg.epochs * math.ceil(micro_per_epoch / accum)) >= MIN_STEPS:
             return accum
     return 1
 
 
-def resolve(cfg: OptimConfig, method: str, model: Any, n_examples: int) -> ResolvedDefaults:
+def resolve(cfg: OptimConfig, method: str, model: Any, micro_per_epoch: int) -> ResolvedDefaults:
     """Fill the learning rate and gradient accumulation the recipe left unset."""
     notes, update = [], {}
     if cfg.learning_rate is None:
@@ -73,7 +73,7 @@ def resolve(cfg: OptimConfig, method: str, model: Any, n_examples: int) -> Resol
         notes.append(f"lr {update['learning_rate']:.2g} ({method} at width {width or '?'}: "
                      f"{REFERENCE_LR[method]:g} × √({REFERENCE_WIDTH}/width))")
     if cfg.grad_accum is None:
-        update["grad_accum"] = default_grad_accum(n_examples, cfg)
+        update["grad_accum"] = default_grad_accum(micro_per_epoch, cfg)
         if update["grad_accum"] < MAX_GRAD_ACCUM:
             notes.append(f"grad accum {update['grad_accum']} (small data: at least {MIN_STEPS} steps "
                          f"where possible, instead of batches of {cfg.micro_batch_size * MAX_GRAD_ACCUM})")

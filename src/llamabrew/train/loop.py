@@ -9,6 +9,7 @@ killed at any moment and resumed reaches the same weights as one that was never 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -24,11 +25,12 @@ from llamabrew.data.encode import Encoded
 from llamabrew.io import append_jsonl, atomic_write_text, read_jsonl
 from llamabrew.progress import progress_bar
 from llamabrew.recipe import OptimConfig
+from llamabrew.run import Run
 from llamabrew.train.checkpoint import LoopProgress, list_checkpoints, load_checkpoint, save_checkpoint
 from llamabrew.train.objective import CausalLM, Objective, mean_loss
 from llamabrew.train.report import write_loss_plot
 
-LOSS_LOG = "loss.jsonl"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -129,7 +131,8 @@ def fit(
     optimizer = make_optimizer(model, cfg, device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(cfg, n_steps))
     trainable = [p for p in model.parameters() if p.requires_grad]
-    ckpt_root, log_path = out / "checkpoints", out / LOSS_LOG
+    run = Run(out)
+    ckpt_root, log_path = run.checkpoints, run.loss_log
     progress = LoopProgress()
     if resume and (found := list_checkpoints(ckpt_root)):
         progress = load_checkpoint(found[-1], model, optimizer, scheduler)
@@ -187,14 +190,14 @@ def fit(
                 save_checkpoint(ckpt_root, model, optimizer, scheduler, progress, cfg.keep_checkpoints)
             losses.append(last_train)
             if not warned and (warning := stall_warning(losses, n_steps, cfg.learning_rate or 0.0)):
-                bar.console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+                log.warning(warning)
                 warned = True
             info = f"loss {last_train:.3f}" + (f" val {last_val:.3f}" if last_val is not None else "")
             bar.update(task, completed=progress.step, rate=step_tokens / max(time.monotonic() - t0, 1e-9), info=info)
             if out_of_time and progress.step < n_steps:
                 stopped_early = True
                 break
-    write_loss_plot(log_path, out / "loss.png")
+    write_loss_plot(log_path, run.loss_plot)
     return FitResult(progress.step, last_train, last_val, stopped_early, progress.elapsed_s)
 
 

@@ -2,37 +2,39 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Sequence
 
 import torch
 
-from llamabrew.cli_common import console
+from llamabrew.data.batching import Batcher, PackedBatcher, to_device
 from llamabrew.data.encode import Encoded
 from llamabrew.recipe import OptimConfig
-from llamabrew.train.loop import micro_batch_indices, steps_per_epoch, total_steps
-from llamabrew.train.loss import collate, loss_sum
+from llamabrew.train.loop import steps_per_epoch, total_steps
+from llamabrew.train.objective import CausalLM, Objective
 
+log = logging.getLogger(__name__)
 GPU_PRICE_ENV = "LLAMABREW_USD_PER_HOUR"  # what an hour of this machine costs, for the $ line of the plan
 
 
-def measure_step_seconds(model: torch.nn.Module, train: Sequence[Encoded], cfg: OptimConfig, pad_id: int,
-                         device: torch.device, repeats: int = 2) -> float:
-    """Time forward+backward of a typical micro-batch; leaves weights, gradients and RNG untouched."""
+def measure_step_seconds(model: torch.nn.Module, train: Sequence[Encoded], cfg: OptimConfig, batcher: Batcher,
+                         device: torch.device, objective: Objective | None = None, repeats: int = 2) -> float:
+    """Time forward+backward of the run's first micro-batch; leaves weights, gradients and RNG untouched."""
     rng = torch.get_rng_state()
-    batch = collate([train[i] for i in micro_batch_indices(len(train), cfg, 0)], pad_id)
-    batch = {k: v.to(device) for k, v in batch.items()}
+    batch = to_device(batcher.batch(train, cfg, 0), device)
+    objective = objective or CausalLM()
     times = []
     for _ in range(repeats):
         t0 = time.monotonic()
-        loss_sum(model, batch).backward()
+        objective(model, batch).loss.backward()
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.monotonic() - t0)
     model.zero_grad(set_to_none=True)
     torch.set_rng_state(rng)
-    return min(times) * cfg.grad_accum
+    return min(times) * (cfg.grad_accum or 1)
 
 
 def format_duration(seconds: float) -> str:
@@ -43,26 +45,26 @@ def format_duration(seconds: float) -> str:
 
 
 def print_plan(model: torch.nn.Module, train: Sequence[Encoded], val: Sequence[Encoded], cfg: OptimConfig,
-               pad_id: int, device: torch.device, threads: int, what: str, notes: Sequence[str] = ()) -> float:
-    """Print the plan and return the estimated seconds."""
+               batcher: Batcher, device: torch.device, threads: int, what: str, notes: Sequence[str] = (),
+               objective: Objective | None = None) -> float:
+    """Log the plan and return the estimated seconds."""
     n_params = sum(p.numel() for p in model.parameters())
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    steps = total_steps(len(train), cfg)
-    epochs = steps / steps_per_epoch(len(train), cfg)
+    steps = total_steps(train, cfg, batcher)
+    epochs = steps / steps_per_epoch(train, cfg, batcher)
     tokens = sum(len(e) for e in train)
-    est = measure_step_seconds(model, train, cfg, pad_id, device) * steps
+    est = measure_step_seconds(model, train, cfg, batcher, device, objective) * steps
     if cfg.max_minutes:
         est = min(est, cfg.max_minutes * 60)
     cost = ""
     if price := os.environ.get(GPU_PRICE_ENV):
         cost = f", about ${float(price) * est / 3600:.2f} at ${float(price)}/h"
-    console.print(
-        f"[bold]plan[/] {what}: {n_params / 1e6:.2f}M parameters ({n_train / 1e6:.3f}M trainable) on {device.type}"
+    rows = "packed rows" if isinstance(batcher, PackedBatcher) else "examples"
+    log.info(
+        f"plan {what}: {n_params / 1e6:.2f}M parameters ({n_train / 1e6:.3f}M trainable) on {device.type}"
         f" ({threads} threads) · {len(train)} train / {len(val)} validation examples · {tokens:,} tokens/epoch · "
-        f"{steps} steps ({epochs:.2f} epochs, {cfg.micro_batch_size}×{cfg.grad_accum} examples/step) · "
-        f"expected time {format_duration(est)}{cost}",
-        highlight=False,
-    )
+        f"{steps} steps ({epochs:.2f} epochs, {cfg.micro_batch_size}×{cfg.grad_accum} {rows}/step) · "
+        f"expected time {format_duration(est)}{cost}")
     if notes:
-        console.print(f"[dim]  defaults chosen: {'; '.join(notes)}[/]", highlight=False)
+        log.info(f"  defaults chosen: {'; '.join(notes)}", extra={"style": "dim"})
     return est

@@ -8,6 +8,7 @@ on the shape ladder whose measured speed on this machine covers those passes in 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import random
 import re
@@ -18,22 +19,25 @@ from typing import Any
 
 import torch
 
-from llamabrew.cli_common import console
+from llamabrew.data.batching import Batcher, PaddedBatcher, to_device
 from llamabrew.data.encode import Encoded
 from llamabrew.data.formats import read_records
+from llamabrew.data.streams import Order, StreamBatcher
 from llamabrew.errors import InputError, LlamabrewError
 from llamabrew.io import atomic_write_text
 from llamabrew.models import pick_device, pick_dtype, set_threads
 from llamabrew.recipe import PretrainRecipe, save_recipe
+from llamabrew.run import Run, RunSummary
 from llamabrew.train.checkpoint import list_checkpoints
 from llamabrew.train.loop import fit, steps_per_epoch
-from llamabrew.train.loss import collate, loss_sum
+from llamabrew.train.objective import CausalLM
 from llamabrew.train.plan import format_duration
 from llamabrew.train.tokenizer import train_bpe_tokenizer
 
 # (hidden size, layers): a ladder of LLaMA shapes from ~0.1M to ~100M parameters (plus embeddings).
 SHAPES = [(64, 2), (96, 3), (128, 4), (160, 4), (192, 6), (256, 6), (320, 8), (384, 8), (512, 10), (640, 12),
           (768, 12), (1024, 16)]
+log = logging.getLogger(__name__)
 TIME_MARGIN = 0.9  # plan for 90% of --max-minutes: validation, saving and start-up need the rest
 
 
@@ -53,17 +57,32 @@ class PretrainPlan:
         return self.steps * self.seconds_per_step
 
 
-def read_corpus(paths: list[Path]) -> list[str]:
+@dataclass
+class Corpus:
+    """The documents, and whether they are the lines of running text (a .txt without blank lines), whose order
+    carries meaning, rather than separate documents (paragraphs, JSONL records), whose order does not."""
+
+    docs: list[str]
+    lines_of_text: bool
+
+    @property
+    def order(self) -> Order:
+        return "rotate" if self.lines_of_text else "shuffle"
+
+
+def read_corpus(paths: list[Path]) -> Corpus:
     """Documents from .txt files (see `split_documents`) or JSONL files (a 'text' field a line)."""
     if not paths:
         raise LlamabrewError("no corpus: pass --corpus FILE")
     docs: list[str] = []
+    lines = True
     for path in paths:
         if str(path).endswith((".jsonl", ".json")):
             for rec, line, index in read_records(path):
                 if not isinstance(rec.get("text"), str):
                     raise InputError("expected a string", file=path, line=line, record=index, field="text")
                 docs.append(rec["text"])
+            lines = False
             continue
         if not Path(path).is_file():
             raise InputError("no such file", file=path)
@@ -72,15 +91,20 @@ def read_corpus(paths: list[Path]) -> list[str]:
         except UnicodeDecodeError as e:
             raise InputError(f"not valid UTF-8 (byte {e.start})", file=path) from None
         docs.extend(split_documents(text))
+        lines = lines and not has_paragraphs(text)
     if not docs:
         raise InputError("corpus is empty", file=paths[0])
-    return docs
+    return Corpus(docs, lines)
+
+
+def has_paragraphs(text: str) -> bool:
+    return bool(re.search(r"\n[ \t]*\n", text.strip()))
 
 
 def split_documents(text: str) -> list[str]:
     """Paragraphs when the text has blank lines between them; otherwise one document per line (a corpus of
     one fact or one sentence a line is common, and reading it as one document would leave nothing to hold out)."""
-    parts = re.split(r"\n[ \t]*\n", text) if re.search(r"\n[ \t]*\n", text.strip()) else text.splitlines()
+    parts = re.split(r"\n[ \t]*\n", text) if has_paragraphs(text) else text.splitlines()
     return [p.strip() for p in parts if p.strip()]
 
 
@@ -104,33 +128,24 @@ def count_params(cfg: Any) -> int:
         return sum(p.numel() for p in LlamaForCausalLM(cfg).parameters())
 
 
-def encode_corpus(docs: list[str], tokenizer: Any, seq_len: int, pack: bool = True) -> list[Encoded]:
-    """Documents as ``BOS text EOS``; with ``pack``, consecutive short ones are packed whole into windows of up to
-    ``seq_len`` tokens, as GPT-style pretraining (and the "Physics of Language Models" bios) does; a longer
-    document is split into windows. Packing in the corpus's own order keeps neighbouring lines together: in a
-    file of one fact a line, the lines about one person then share a window, which is where a small model
-    learns to repeat a name it has just read (unpacked, each line is alone and the model never needs to).
-    It also saves the padding of short documents, so the planner affords a larger model. No documents (an
-    empty validation split) gives no windows."""
+def encode_corpus(docs: list[str], tokenizer: Any, seq_len: int) -> list[Encoded]:
+    """Each document as ``BOS text EOS`` (a longer one split into ``seq_len`` pieces, for unpacked batches).
+    No documents (an empty validation split) gives none."""
     out: list[Encoded] = []
-    window: list[int] = []
     for ids in tokenizer(docs, add_special_tokens=True)["input_ids"] if docs else []:
         ids = [*ids, tokenizer.eos_token_id]
-        if window and (not pack or len(window) + len(ids) > seq_len):
-            out.append(Encoded(window, list(window)))
-            window = []
-        for i in range(0, len(ids), seq_len):
-            piece = ids[i : i + seq_len]
-            if len(piece) == seq_len:
-                out.append(Encoded(piece, list(piece)))
-            elif len(piece) > 1 or window:
-                window = [*window, *piece]
-    if len(window) > 1:
-        out.append(Encoded(window, list(window)))
+        out += [Encoded(ids[i : i + seq_len], ids[i : i + seq_len]) for i in range(0, len(ids), seq_len)
+                if len(ids[i : i + seq_len]) > 1]
     return out
 
 
-def measure_seconds_per_step(cfg: Any, train: list[Encoded], recipe: PretrainRecipe, pad_id: int,
+def corpus_batcher(recipe: PretrainRecipe, pad_id: int, order: Order) -> Batcher:
+    """Packed (default): the documents as one stream in ``seq_len`` windows, laid out anew every epoch
+    (`llamabrew.data.streams`); unpacked: one document per row, padded."""
+    return StreamBatcher(pad_id, recipe.seq_len, order) if recipe.pack else PaddedBatcher(pad_id)
+
+
+def measure_seconds_per_step(cfg: Any, train: list[Encoded], recipe: PretrainRecipe, batcher: Batcher,
                              device: torch.device) -> float:
     """Time one optimizer step of a fresh model of this shape on a real micro-batch."""
     from transformers import LlamaForCausalLM
@@ -138,12 +153,12 @@ def measure_seconds_per_step(cfg: Any, train: list[Encoded], recipe: PretrainRec
     rng = torch.get_rng_state()
     model = LlamaForCausalLM(cfg).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    sample = random.Random(0).sample(train, min(len(train), recipe.optim.micro_batch_size))
-    batch = {k: v.to(device) for k, v in collate(sample, pad_id).items()}
+    batch = to_device(batcher.batch(train, recipe.optim, 0), device)
+    objective = CausalLM()
     times = []
     for _ in range(6):  # the first step pays one-time set-up costs; it is not counted
         t0 = time.monotonic()
-        loss_sum(model, batch).backward()
+        objective(model, batch).loss.backward()
         opt.step()
         opt.zero_grad()
         times.append(time.monotonic() - t0)
@@ -151,20 +166,20 @@ def measure_seconds_per_step(cfg: Any, train: list[Encoded], recipe: PretrainRec
     return sorted(times[1:])[2] * recipe.optim.grad_accum  # median: robust to a busy machine
 
 
-def plan_model(train: list[Encoded], tokenizer: Any, recipe: PretrainRecipe, device: torch.device) -> PretrainPlan:
+def plan_model(train: list[Encoded], tokenizer: Any, recipe: PretrainRecipe, batcher: Batcher,
+               device: torch.device) -> PretrainPlan:
     """Choose the shape (or honour --params) and the number of steps that fit the time budget."""
     optim = recipe.optim
     budget = (optim.max_minutes or 60.0) * 60 * TIME_MARGIN
-    per_epoch = steps_per_epoch(len(train), optim)
+    per_epoch = steps_per_epoch(train, optim, batcher)
     wanted_steps = optim.max_steps or math.ceil(optim.epochs * per_epoch)
     candidates = [(h, n, llama_config(h, n, tokenizer, recipe.seq_len)) for h, n in SHAPES]
     if recipe.params:
         candidates = [min(candidates, key=lambda c: abs(math.log(count_params(c[2]) / recipe.params)))]
     chosen = None
     for hidden, layers, cfg in candidates:
-        sps = measure_seconds_per_step(cfg, train, recipe, tokenizer.pad_token_id, device)
-        console.print(f"[dim]  size probe: hidden {hidden}, {layers} layers → {sps * 1000:.0f} ms/step[/]",
-                      highlight=False)
+        sps = measure_seconds_per_step(cfg, train, recipe, batcher, device)
+        log.info(f"  size probe: hidden {hidden}, {layers} layers → {sps * 1000:.0f} ms/step", extra={"style": "dim"})
         if chosen is not None and sps * wanted_steps > budget:
             break
         chosen = (hidden, layers, cfg, sps)
@@ -179,11 +194,12 @@ def run(recipe: PretrainRecipe) -> Path:
     """Pretrain and save a standard HF model directory (config, safetensors, tokenizer) to ``recipe.out``."""
     from transformers import AutoTokenizer, LlamaForCausalLM
 
-    out = Path(recipe.out)
-    if list_checkpoints(out / "checkpoints") and not recipe.resume:
+    out, run_dir = Path(recipe.out), Run(recipe.out)
+    if list_checkpoints(run_dir.checkpoints) and not recipe.resume:
         raise LlamabrewError(f"{out} already holds checkpoints: pass --resume to continue, or choose another --out")
     threads = set_threads(recipe.optim.threads)
-    docs = read_corpus(recipe.corpus)
+    corpus = read_corpus(recipe.corpus)
+    docs = corpus.docs
     if recipe.resume and (out / "tokenizer.json").is_file():
         tokenizer = AutoTokenizer.from_pretrained(out)
     else:
@@ -192,20 +208,23 @@ def run(recipe: PretrainRecipe) -> Path:
     order = list(range(len(docs)))
     random.Random(recipe.optim.seed).shuffle(order)
     n_val = min(200, int(len(docs) * recipe.val_fraction))
-    held = set(order[:n_val])  # a random validation sample; training keeps the corpus's own order for packing
-    val = encode_corpus([docs[i] for i in sorted(held)], tokenizer, recipe.seq_len, recipe.pack)
-    train = encode_corpus([d for i, d in enumerate(docs) if i not in held], tokenizer, recipe.seq_len, recipe.pack)
+    held = set(order[:n_val])  # a random validation sample; training keeps the corpus's own order
+    val = encode_corpus([docs[i] for i in sorted(held)], tokenizer, recipe.seq_len)
+    train = encode_corpus([d for i, d in enumerate(docs) if i not in held], tokenizer, recipe.seq_len)
+    batcher = corpus_batcher(recipe, tokenizer.pad_token_id, corpus.order)
     device = pick_device()
-    plan = plan_model(train, tokenizer, recipe, device)
-    console.print(
-        f"[bold]plan[/] pretraining: LLaMA {plan.params / 1e6:.2f}M parameters (hidden {plan.hidden}, "
+    plan = plan_model(train, tokenizer, recipe, batcher, device)
+    layout = (f"one stream of {recipe.seq_len}-token windows, "
+              + ("lines in corpus order, starting anew each epoch" if corpus.order == "rotate"
+                 else "documents reshuffled each epoch") if recipe.pack else "one document per row")
+    log.info(
+        f"plan pretraining: LLaMA {plan.params / 1e6:.2f}M parameters (hidden {plan.hidden}, "
         f"{plan.layers} layers) on {device.type} ({threads} threads) · corpus {len(docs)} documents, "
-        f"{plan.corpus_tokens:,} tokens, vocab {len(tokenizer)}, {'packed into' if recipe.pack else 'in'} "
-        f"{len(train)} windows of ≤ {recipe.seq_len} tokens · {plan.steps} steps = {plan.epochs:.1f} epochs · "
-        f"expected time {format_duration(plan.expected_seconds)}", highlight=False)
+        f"{plan.corpus_tokens:,} tokens, vocab {len(tokenizer)}, {layout} · {plan.steps} steps = "
+        f"{plan.epochs:.1f} epochs · expected time {format_duration(plan.expected_seconds)}")
     if plan.epochs < recipe.optim.epochs * 0.99:
-        console.print(f"[yellow]the time budget covers {plan.epochs:.1f} of the {recipe.optim.epochs:g} epochs asked "
-                      "for even at the smallest size; raise --max-minutes for better recall[/]")
+        log.warning(f"the time budget covers {plan.epochs:.1f} of the {recipe.optim.epochs:g} epochs asked for even "
+                    "at the smallest size; raise --max-minutes for better recall")
     torch.manual_seed(recipe.optim.seed)
     model = LlamaForCausalLM(llama_config(plan.hidden, plan.layers, tokenizer, recipe.seq_len)).to(device)
     optim = recipe.optim.model_copy(update={"max_steps": plan.steps})
@@ -213,11 +232,11 @@ def run(recipe: PretrainRecipe) -> Path:
     save_recipe(recipe, out)
     atomic_write_text(out / "pretrain_plan.json", json.dumps(asdict(plan), indent=2))
     dtype = pick_dtype(recipe.optim.precision, device)
-    result = fit(model, train, val, optim, out, pad_id=tokenizer.pad_token_id, device=device, dtype=dtype,
+    result = fit(model, train, val, optim, out, batcher=batcher, device=device, dtype=dtype,
                  resume=recipe.resume, description="pretraining")
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
-    atomic_write_text(out / "train_summary.json", json.dumps(
-        {"steps": result.steps, "train_loss": result.train_loss, "val_loss": result.val_loss,
-         "stopped_early": result.stopped_early, "elapsed_s": result.elapsed_s, "params": plan.params}, indent=2))
+    run_dir.write_summary(RunSummary("pretrain", "full", result.steps, result.train_loss, result.val_loss,
+                                     result.stopped_early, result.elapsed_s, len(train), len(val), plan.params,
+                                     plan.params))
     return out

@@ -2,29 +2,30 @@
 
 from __future__ import annotations
 
-import json
+import logging
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from llamabrew.cli_common import console
 from llamabrew.data.batching import PackedBatcher, PaddedBatcher
 from llamabrew.data.encode import Encoded, EncodeReport, encode_examples
 from llamabrew.data.formats import Example, find_duplicates, load_examples
 from llamabrew.data.templates import Template, get_template
 from llamabrew.errors import LlamabrewError
-from llamabrew.io import atomic_write_text
 from llamabrew.models import check_4bit, load_causal_lm, load_tokenizer, pick_device, pick_dtype, set_threads
 from llamabrew.progress import progress_bar
 from llamabrew.recipe import Recipe, save_recipe
+from llamabrew.run import Run, RunSummary
 from llamabrew.train.checkpoint import list_checkpoints
 from llamabrew.train.defaults import resolve as resolve_defaults
 from llamabrew.train.loop import FitResult, fit
 from llamabrew.train.objective import get_objective
 from llamabrew.train.plan import print_plan
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -61,8 +62,7 @@ def load_training_data(recipe: Recipe) -> list[Example]:
     if dups:
         shown = ", ".join(f"{d} = {f}" for d, f in dups[:3])
         action = "dropped" if recipe.data.drop_duplicates else "kept (--drop-duplicates to remove)"
-        console.print(f"[yellow]{len(dups)} exact duplicate example(s) {action}:[/] {shown}"
-                      + (" ..." if len(dups) > 3 else ""), highlight=False)
+        log.warning(f"{len(dups)} exact duplicate example(s) {action}: {shown}" + (" ..." if len(dups) > 3 else ""))
         if recipe.data.drop_duplicates:
             dup_sources = {d for d, _ in dups}
             examples = [e for e in examples if e.source not in dup_sources]
@@ -79,9 +79,9 @@ def encode_split(name: str, examples: list[Example], tokenizer: Any, template: T
         )
     over = report.truncated + report.dropped + report.no_target
     if over:
-        console.print(f"{name}: {over} example(s) longer than cutoff {recipe.data.cutoff_len} tokens: "
-                      f"{report.truncated} truncated, {report.dropped} dropped, "
-                      f"{report.no_target} dropped with no response left", highlight=False)
+        log.info(f"{name}: {over} example(s) longer than cutoff {recipe.data.cutoff_len} tokens: "
+                 f"{report.truncated} truncated, {report.dropped} dropped, "
+                 f"{report.no_target} dropped with no response left")
     return encoded, report
 
 
@@ -107,7 +107,7 @@ def run(recipe: Recipe) -> TrainResult:
         recipe = recipe.model_copy(deep=True)
         recipe.model.base = str(Path(recipe.model.base).resolve())
     out = Path(recipe.out)
-    if list_checkpoints(out / "checkpoints") and not recipe.resume:
+    if list_checkpoints(Run(out).checkpoints) and not recipe.resume:
         raise LlamabrewError(f"{out} already holds checkpoints: pass --resume to continue, or choose another --out")
     threads = set_threads(recipe.optim.threads)
     tokenizer = load_tokenizer(recipe.model.base, recipe.model.trust_remote_code)
@@ -126,21 +126,24 @@ def run(recipe: Recipe) -> TrainResult:
         model = attach_lora(model, recipe)
     if not recipe.model.quantize_4bit:
         model.to(device)
-    chosen = resolve_defaults(recipe.optim, recipe.method, model, len(train))
-    recipe = recipe.model_copy(update={"optim": chosen.optim})  # the saved recipe repeats the run exactly
-    print_plan(model, train, val, recipe.optim, tokenizer.pad_token_id, device, threads, what=recipe.method,
-               notes=chosen.notes)
-    out.mkdir(parents=True, exist_ok=True)
-    save_recipe(recipe, out)
     pad = tokenizer.pad_token_id
     batcher = PackedBatcher(pad, recipe.data.cutoff_len) if recipe.data.packing else PaddedBatcher(pad)
+    objective = get_objective(recipe.objective)
+    chosen = resolve_defaults(recipe.optim, recipe.method, model, batcher.micro_batches_per_epoch(train, recipe.optim))
+    recipe = recipe.model_copy(update={"optim": chosen.optim})  # the saved recipe repeats the run exactly
+    print_plan(model, train, val, recipe.optim, batcher, device, threads, what=recipe.method, notes=chosen.notes,
+               objective=objective)
+    run = Run(out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_recipe(recipe, out)
     result: FitResult = fit(model, train, val, recipe.optim, out, device=device, batcher=batcher, dtype=dtype,
-                            objective=get_objective(recipe.objective), resume=recipe.resume,
-                            description=f"{recipe.method} fine-tuning")
+                            objective=objective, resume=recipe.resume, description=f"{recipe.method} fine-tuning")
     tokenizer.chat_template = template.jinja  # the trained format travels with the run (chat, export, vLLM)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
-    summary = TrainResult(out, len(train), len(val), result.steps, result.train_loss, result.val_loss,
-                          result.stopped_early, result.elapsed_s)
-    atomic_write_text(out / "train_summary.json", json.dumps(asdict(summary), default=str, indent=2))
-    return summary
+    run.write_summary(RunSummary(
+        "sft", recipe.method, result.steps, result.train_loss, result.val_loss, result.stopped_early,
+        result.elapsed_s, len(train), len(val), sum(p.numel() for p in model.parameters()),
+        sum(p.numel() for p in model.parameters() if p.requires_grad)))
+    return TrainResult(out, len(train), len(val), result.steps, result.train_loss, result.val_loss,
+                       result.stopped_early, result.elapsed_s)
