@@ -1,11 +1,11 @@
-"""Pretraining windows: one token stream a epoch, re-laid every epoch (shuffled or rotated), exactly resumable."""
+"""Pretraining windows: a stream re-laid every epoch, or lines packed whole in corpus order; exactly resumable."""
 
 from __future__ import annotations
 
 import pytest
 
 from llamabrew.data.encode import Encoded
-from llamabrew.data.streams import StreamBatcher, windows_of
+from llamabrew.data.streams import StreamBatcher, pack_whole, windows_of
 from llamabrew.recipe import OptimConfig
 
 CFG = OptimConfig(micro_batch_size=2, grad_accum=1, learning_rate=1e-3, seed=3)
@@ -37,10 +37,9 @@ def test_windows_cut_a_stream_and_keep_labels() -> None:
     assert [w.input_ids for w in windows_of(list(range(7)), 10)] == [list(range(7))]  # unless it is all there is
 
 
-@pytest.mark.parametrize("order", ["shuffle", "rotate"])
-def test_every_epoch_has_the_same_number_of_full_windows(order: str) -> None:
+def test_a_shuffled_stream_has_the_same_number_of_full_windows_every_epoch() -> None:
     corpus = docs()
-    b = StreamBatcher(pad_id=0, seq_len=8, order=order)
+    b = StreamBatcher(pad_id=0, seq_len=8, order="shuffle")
     total = sum(len(d) for d in corpus)
     for epoch in range(4):
         rows = epoch_windows(b, corpus, epoch)
@@ -62,22 +61,22 @@ def test_shuffle_lays_documents_out_anew_each_epoch_and_is_a_pure_function() -> 
             assert nxt == t + 1
 
 
-def test_rotate_keeps_neighbouring_lines_together_and_moves_the_boundaries() -> None:
+def test_corpus_order_packs_lines_whole_and_keeps_neighbours_together() -> None:
     corpus = docs()
-    full = [t for d in corpus for t in d.input_ids]
-    b = StreamBatcher(pad_id=0, seq_len=8, order="rotate")
-    starts = set()
-    for epoch in range(5):
-        stream = [t for r in epoch_windows(b, corpus, epoch) for t in r]
-        k = full.index(stream[0])
-        assert stream == (full[k:] + full[:k])[: len(stream)]  # the corpus order, started somewhere
-        starts.add(stream[0])
-    assert len(starts) > 1
+    b = StreamBatcher(pad_id=0, seq_len=8, order="corpus")
+    fixed = [w.input_ids for w in pack_whole(corpus, 8)]
+    assert [t for w in fixed for t in w] == [t for d in corpus for t in d.input_ids]  # corpus order, nothing lost
+    assert all(w[0] % 100 == 0 for w in fixed)  # every window starts at a line
+    assert all(len(w) <= 8 for w in fixed)
+    e0, e1 = epoch_windows(b, corpus, 0), epoch_windows(b, corpus, 1)
+    assert sorted(e0) == sorted(e1) == sorted(fixed) and e0 != e1  # the same windows, taken in a new order
+    assert epoch_windows(StreamBatcher(pad_id=0, seq_len=8, order="corpus"), corpus, 1) == e1
 
 
-def test_validation_windows_are_the_documents_in_their_own_order() -> None:
+@pytest.mark.parametrize("order", ["shuffle", "corpus"])
+def test_validation_windows_are_the_documents_in_their_own_order(order: str) -> None:
     corpus = docs(5)
-    b = StreamBatcher(pad_id=0, seq_len=8)
+    b = StreamBatcher(pad_id=0, seq_len=8, order=order)
     batches = b.eval_batches(corpus, CFG)
     got = [t for bt in batches for row, mask in zip(bt["input_ids"].tolist(), bt["attention_mask"].tolist(),
                                                   strict=True) for t, m in zip(row, mask, strict=True) if m]

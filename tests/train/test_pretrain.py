@@ -126,7 +126,7 @@ def test_documents_encode_whole_and_a_corpus_says_whether_its_order_matters(tmp_
     lines.write_text("Ann lives in Brel.\nAnn owns a goat.\n", encoding="utf-8")
     paragraphs.write_text("Ann lives in Brel.\n\nBo plays the harp.\n", encoding="utf-8")
     records.write_text(json.dumps({"text": "Ann lives in Brel."}) + "\n", encoding="utf-8")
-    assert read_corpus([lines]).order == "rotate" and read_corpus([paragraphs]).order == "shuffle"
+    assert read_corpus([lines]).order == "corpus" and read_corpus([paragraphs]).order == "shuffle"
     assert read_corpus([lines, records]).order == "shuffle" and len(read_corpus([lines, records]).docs) == 3
 
 

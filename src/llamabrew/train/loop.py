@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -88,6 +89,11 @@ def stall_warning(losses: Sequence[float], n_steps: int, lr: float) -> str | Non
             "(--grad-accum 1, --epochs)")
 
 
+def autocast_for(device: torch.device, dtype: torch.dtype) -> Any:
+    """The mixed-precision context of a step (none for fp32); the planner times steps under the same one."""
+    return torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
+
+
 def make_optimizer(model: torch.nn.Module, cfg: OptimConfig, device: torch.device) -> torch.optim.Optimizer:
     decay, no_decay = [], []
     for p in model.parameters():
@@ -142,7 +148,7 @@ def fit(
     kept = [r for r in read_jsonl(log_path) if r.get("step", 0) <= progress.step] if resume else []
     _rewrite_log(log_path, kept)
     val_batches = batcher.eval_batches(val, cfg) if val else []
-    autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
+    autocast = autocast_for(device, dtype)
     model.train()
     started, stopped_early = time.monotonic() - progress.elapsed_s, False
     last_train = next((r["loss"] for r in reversed(kept) if "loss" in r), None)

@@ -29,7 +29,7 @@ from llamabrew.models import pick_device, pick_dtype, set_threads
 from llamabrew.recipe import PretrainRecipe, save_recipe
 from llamabrew.run import Run, RunSummary
 from llamabrew.train.checkpoint import list_checkpoints
-from llamabrew.train.loop import fit, steps_per_epoch
+from llamabrew.train.loop import autocast_for, fit, steps_per_epoch
 from llamabrew.train.objective import CausalLM
 from llamabrew.train.plan import format_duration
 from llamabrew.train.tokenizer import train_bpe_tokenizer
@@ -67,7 +67,7 @@ class Corpus:
 
     @property
     def order(self) -> Order:
-        return "rotate" if self.lines_of_text else "shuffle"
+        return "corpus" if self.lines_of_text else "shuffle"
 
 
 def read_corpus(paths: list[Path]) -> Corpus:
@@ -146,7 +146,7 @@ def corpus_batcher(recipe: PretrainRecipe, pad_id: int, order: Order) -> Batcher
 
 
 def measure_seconds_per_step(cfg: Any, train: list[Encoded], recipe: PretrainRecipe, batcher: Batcher,
-                             device: torch.device) -> float:
+                             device: torch.device, dtype: torch.dtype) -> float:
     """Time one optimizer step of a fresh model of this shape on a real micro-batch."""
     from transformers import LlamaForCausalLM
 
@@ -158,7 +158,9 @@ def measure_seconds_per_step(cfg: Any, train: list[Encoded], recipe: PretrainRec
     times = []
     for _ in range(6):  # the first step pays one-time set-up costs; it is not counted
         t0 = time.monotonic()
-        objective(model, batch).loss.backward()
+        with autocast_for(device, dtype):
+            loss = objective(model, batch).loss
+        loss.backward()
         opt.step()
         opt.zero_grad()
         times.append(time.monotonic() - t0)
@@ -167,7 +169,7 @@ def measure_seconds_per_step(cfg: Any, train: list[Encoded], recipe: PretrainRec
 
 
 def plan_model(train: list[Encoded], tokenizer: Any, recipe: PretrainRecipe, batcher: Batcher,
-               device: torch.device) -> PretrainPlan:
+               device: torch.device, dtype: torch.dtype = torch.float32) -> PretrainPlan:
     """Choose the shape (or honour --params) and the number of steps that fit the time budget."""
     optim = recipe.optim
     budget = (optim.max_minutes or 60.0) * 60 * TIME_MARGIN
@@ -178,7 +180,7 @@ def plan_model(train: list[Encoded], tokenizer: Any, recipe: PretrainRecipe, bat
         candidates = [min(candidates, key=lambda c: abs(math.log(count_params(c[2]) / recipe.params)))]
     chosen = None
     for hidden, layers, cfg in candidates:
-        sps = measure_seconds_per_step(cfg, train, recipe, batcher, device)
+        sps = measure_seconds_per_step(cfg, train, recipe, batcher, device, dtype)
         log.info(f"  size probe: hidden {hidden}, {layers} layers → {sps * 1000:.0f} ms/step", extra={"style": "dim"})
         if chosen is not None and sps * wanted_steps > budget:
             break
@@ -213,15 +215,17 @@ def run(recipe: PretrainRecipe) -> Path:
     train = encode_corpus([d for i, d in enumerate(docs) if i not in held], tokenizer, recipe.seq_len)
     batcher = corpus_batcher(recipe, tokenizer.pad_token_id, corpus.order)
     device = pick_device()
-    plan = plan_model(train, tokenizer, recipe, batcher, device)
-    layout = (f"one stream of {recipe.seq_len}-token windows, "
-              + ("lines in corpus order, starting anew each epoch" if corpus.order == "rotate"
-                 else "documents reshuffled each epoch") if recipe.pack else "one document per row")
+    dtype = pick_dtype(recipe.optim.precision, device)
+    plan = plan_model(train, tokenizer, recipe, batcher, device, dtype)
+    layout = (f"windows of {recipe.seq_len} tokens, "
+              + ("lines packed whole in corpus order" if corpus.order == "corpus"
+                 else "documents reshuffled into a new stream each epoch") if recipe.pack else "one document per row")
     log.info(
         f"plan pretraining: LLaMA {plan.params / 1e6:.2f}M parameters (hidden {plan.hidden}, "
         f"{plan.layers} layers) on {device.type} ({threads} threads) · corpus {len(docs)} documents, "
         f"{plan.corpus_tokens:,} tokens, vocab {len(tokenizer)}, {layout} · {plan.steps} steps = "
-        f"{plan.epochs:.1f} epochs · expected time {format_duration(plan.expected_seconds)}")
+        f"{plan.epochs:.1f} epochs{', bf16 autocast' if dtype == torch.bfloat16 else ''} · expected time "
+        f"{format_duration(plan.expected_seconds)}")
     if plan.epochs < recipe.optim.epochs * 0.99:
         log.warning(f"the time budget covers {plan.epochs:.1f} of the {recipe.optim.epochs:g} epochs asked for even "
                     "at the smallest size; raise --max-minutes for better recall")
@@ -231,7 +235,6 @@ def run(recipe: PretrainRecipe) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     save_recipe(recipe, out)
     atomic_write_text(out / "pretrain_plan.json", json.dumps(asdict(plan), indent=2))
-    dtype = pick_dtype(recipe.optim.precision, device)
     result = fit(model, train, val, optim, out, batcher=batcher, device=device, dtype=dtype,
                  resume=recipe.resume, description="pretraining")
     model.save_pretrained(out, safe_serialization=True)

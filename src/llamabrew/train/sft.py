@@ -132,7 +132,7 @@ def run(recipe: Recipe) -> TrainResult:
     chosen = resolve_defaults(recipe.optim, recipe.method, model, batcher.micro_batches_per_epoch(train, recipe.optim))
     recipe = recipe.model_copy(update={"optim": chosen.optim})  # the saved recipe repeats the run exactly
     print_plan(model, train, val, recipe.optim, batcher, device, threads, what=recipe.method, notes=chosen.notes,
-               objective=objective)
+               objective=objective, dtype=dtype)
     run = Run(out)
     out.mkdir(parents=True, exist_ok=True)
     save_recipe(recipe, out)
