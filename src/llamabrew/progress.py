@@ -80,5 +80,4 @@ def log_to_terminal(level: int = logging.INFO) -> None:
     logger = logging.getLogger("llamabrew")
     if not any(isinstance(h, TerminalHandler) for h in logger.handlers):
         logger.addHandler(TerminalHandler())
-    logger.setLevel(level)
-    logger.propagate = False
+    logger.setLevel(level)  # records still propagate: a host program's (or pytest's) handlers see them too

@@ -259,6 +259,9 @@ def test_answers_are_cached_with_their_settings_and_resume(tmp_path: Path) -> No
     assert other.calls == 5 and all(a.endswith("(16)") for a in changed)
     record = json.loads(cache.read_text().splitlines()[-1])
     assert record["sampling"]["max_new_tokens"] == 16 and record["engine"] == "counting"
+    elsewhere = CountingEngine(prefix="OTHER ")
+    elsewhere.source = "another/model"  # another model, same settings: its own answers
+    assert all(a.startswith("OTHER ") for a in generate_answers(elsewhere, convs, greedy(16), cache=cache))
 
 
 def test_score_engine_without_logits_reports_no_loss() -> None:

@@ -4,9 +4,7 @@ run learns and resumes exactly after SIGKILL."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -14,7 +12,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 from safetensors.torch import load_file
-from test_resume import losses, train_args
+from test_resume import kill_after_checkpoint, losses, train_args
 from test_resume import write_data as write_sums
 from test_sft import recipe as sft_recipe
 
@@ -132,14 +130,7 @@ def test_a_packed_run_killed_and_resumed_ends_like_an_uninterrupted_one(tmp_path
     subprocess.run(args(straight), check=True, env=env, capture_output=True)
     assert yaml.safe_load((straight / "recipe.yaml").read_text())["data"]["packing"] is True
 
-    proc = subprocess.Popen(args(killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not list((killed / "checkpoints").glob("step-0000012")):
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    if (killed / "adapter_model.safetensors").exists():
-        pytest.fail("the run finished before it could be killed; make it longer")
+    kill_after_checkpoint(args(killed), killed, env)
     assert 12 <= max(r["step"] for r in losses(killed)) < 60
     resumed = subprocess.run(args(killed, "--resume"), env=env, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr

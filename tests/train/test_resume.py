@@ -34,21 +34,25 @@ def losses(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "loss.jsonl").read_text().splitlines()]
 
 
+def kill_after_checkpoint(cmd: list[str], out: Path, env: dict[str, str], step: int = 12) -> None:
+    """Start a training run and SIGKILL it once checkpoint ``step`` is on disk (before it can finish)."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not list((out / "checkpoints").glob(f"step-{step:07d}")):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    if (out / "adapter_model.safetensors").exists():
+        pytest.fail("the run finished before it could be killed; make it longer")
+
+
 def test_sigkill_then_resume_reaches_the_same_weights_and_loss(tmp_path: Path, tiny_model_dir: Path) -> None:
     data = write_data(tmp_path / "add.json")
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(train_args(tiny_model_dir, data, straight), check=True, env=env, capture_output=True)
 
-    proc = subprocess.Popen(train_args(tiny_model_dir, data, killed), env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not list((killed / "checkpoints").glob("step-0000012")):
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    if (killed / "adapter_model.safetensors").exists():
-        pytest.fail("the run finished before it could be killed; make it longer")
+    kill_after_checkpoint(train_args(tiny_model_dir, data, killed), killed, env)
     done_before_kill = max(r["step"] for r in losses(killed))
     assert 12 <= done_before_kill < 60
 

@@ -63,5 +63,5 @@ def open_engine(model: str | Path, *, adapter: str | None = None, template: str 
 
 def describe(engine: Engine) -> str:
     """A short name of where answers come from, for reports and cache keys."""
-    where = getattr(engine, "path", None) or getattr(engine, "base_url", None) or ""
+    where = getattr(engine, "source", None) or getattr(engine, "path", None) or getattr(engine, "base_url", None) or ""
     return f"{engine.name}:{where}" if where else engine.name

@@ -50,6 +50,7 @@ class OpenAIEngine:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         self.client = httpx.Client(headers=headers, timeout=timeout_s, transport=transport)
         self.model = model or self._only_model()
+        self.source = f"{self.base_url}#{self.model}"  # the model is part of what answers
         self.template = REMOTE
         self.context_length = context_length
         self.last = GenerationStats()

@@ -19,8 +19,9 @@ class TorchEngine:
 
     name = "torch"
 
-    def __init__(self, model: Any, tokenizer: Any, template: Template) -> None:
+    def __init__(self, model: Any, tokenizer: Any, template: Template, source: str = "") -> None:
         self.model, self.tokenizer, self.template = model, tokenizer, template
+        self.source = source  # what was loaded (model dir, run, hub id): names the engine in reports and caches
         self.device = next(model.parameters()).device
         self.context_length = int(getattr(model.config, "max_position_embeddings", 2048) or 2048)
         self.last = GenerationStats()
@@ -125,4 +126,5 @@ def open_torch_engine(model_or_run: str, base: str | None = None, adapter: str |
 
     model, tokenizer = load_for_inference(model_or_run, base=base, adapter=adapter,
                                           trust_remote_code=trust_remote_code)
-    return TorchEngine(model, tokenizer, trained_template(adapter or model_or_run, tokenizer, template))
+    source = f"{model_or_run}+{adapter}" if adapter else str(model_or_run)
+    return TorchEngine(model, tokenizer, trained_template(adapter or model_or_run, tokenizer, template), source)
