@@ -33,12 +33,12 @@ from statistics import median
 import torch
 
 from llamabrew.data.templates import BUILTIN
-from llamabrew.gguf.vocab import build_vocab
-from llamabrew.gguf.writer import ChatInfo, write_gguf
-from llamabrew.export.verify import reference_logits, verify_gguf
 from llamabrew.engines import Sampling
 from llamabrew.engines.llamacpp import LlamaCppEngine
+from llamabrew.export.verify import reference_logits, verify_gguf
 from llamabrew.gguf.runtime import default_threads, extra_buffers_work, load_llama
+from llamabrew.gguf.vocab import build_vocab
+from llamabrew.gguf.writer import ChatInfo, write_gguf
 
 ROOT = Path(__file__).resolve().parents[1]
 SEEDS = ROOT.parent / "shared" / "data" / "self_instruct_seed_tasks.jsonl"

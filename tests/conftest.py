@@ -27,3 +27,14 @@ def tiny_tokenizer(tiny_model_dir: Path):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real SmolLM2-135M-Instruct (the `smollm2` extra's Q4_1 GGUF), imported once per session as a model
+    directory (read-only for tests)."""
+    from llamabrew.gguf.importer import import_gguf, smollm2_gguf
+
+    out = tmp_path_factory.mktemp("smollm2") / "SmolLM2-135M-Instruct"
+    import_gguf(smollm2_gguf(), out)
+    return out

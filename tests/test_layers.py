@@ -17,7 +17,7 @@ PACKAGE = Path(llamabrew.__file__).parent
 
 # Lowest first; a module may import its own layer and those below. The CLI modules sit above everything.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("core", ("errors", "io", "extras", "progress", "recipe", "models", "world")),
+    ("core", ("errors", "io", "extras", "progress", "recipe", "models", "world", "persona")),
     ("data", ("data",)),
     ("run", ("run",)),
     ("gguf", ("gguf",)),
@@ -26,7 +26,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("evaluate", ("evaluate",)),
     ("export", ("export",)),
     ("serve", ("serve",)),
-    ("jobs", ("quickstart",)),
+    ("jobs", ("quickstart", "quickstart_real")),
     ("cli", ("cli", "cli_common")),
 ]
 
@@ -134,7 +134,7 @@ def test_the_checks_catch_what_they_are_for() -> None:
 def test_library_code_reports_through_logging_not_a_console() -> None:
     """Stages say what they do through `logging`; only the CLI, the terminal chat, the quickstart's guided
     tour and the progress module itself write to the terminal."""
-    allowed = {"llamabrew.progress", "llamabrew.serve.chat", "llamabrew.quickstart"}
+    allowed = {"llamabrew.progress", "llamabrew.serve.chat", "llamabrew.quickstart", "llamabrew.quickstart_real"}
     offenders = [name for name, path in modules().items()
                  if not is_cli(name) and name not in allowed
                  and ("import terminal" in (text := path.read_text(encoding="utf-8")) or "console.print" in text)]

@@ -174,25 +174,38 @@ def chat(
 @app.command()
 @friendly_errors
 def quickstart(
-    out: Annotated[Path, Opt(help="where every artifact goes")] = Path("runs/quickstart"),
+    out: Annotated[Path | None, Opt(help="where every artifact goes (default runs/quickstart, "
+                                         "runs/quickstart-real with --real)")] = None,
+    real: Annotated[bool, Opt("--real", help="on real weights: SmolLM2-135M-Instruct learns a persona "
+                                             "(needs the smollm2 extra; about 15 minutes on 2 cores)")] = False,
     entities: Annotated[int, Opt(help="made-up people in the synthetic world")] = 200,
     pretrain_minutes: Annotated[float, Opt(help="time budget for pretraining the toy base")] = 4.0,
+    train_minutes: Annotated[float, Opt(help="time limit of the LoRA step with --real")] = 8.0,
     seed: Annotated[int, Opt(help="seed for the world and the runs")] = 0,
     gguf: Annotated[bool, Opt("--gguf/--no-gguf", help="also export verified GGUFs and chat through llama.cpp")] = True,
 ) -> None:
-    """The whole job offline in minutes: world → pretrain → LoRA → evaluate → GGUF → chat."""
+    """The whole job offline in minutes: world → pretrain → LoRA → evaluate → GGUF → chat (--real: on
+    SmolLM2-135M-Instruct)."""
+    if real:
+        from llamabrew.quickstart_real import run as run_real
+
+        run_real(out or Path("runs/quickstart-real"), seed=seed, train_minutes=train_minutes, gguf=gguf)
+        return
     from llamabrew.quickstart import run as run_quickstart
 
-    run_quickstart(out, entities=entities, pretrain_minutes=pretrain_minutes, seed=seed, gguf=gguf)
+    run_quickstart(out or Path("runs/quickstart"), entities=entities, pretrain_minutes=pretrain_minutes, seed=seed,
+                   gguf=gguf)
 
 
 def _register_stage_commands() -> None:
-    """Commands that live beside their stage: `data ...`, `merge`, `export`, `serve`."""
+    """Commands that live beside their stage: `data ...`, `import`, `merge`, `export`, `serve`."""
     from llamabrew.data.cli import data_app
     from llamabrew.export.cli import export, merge
+    from llamabrew.gguf.cli import import_model
     from llamabrew.serve.cli import serve
 
     app.add_typer(data_app, name="data")
+    app.command("import")(import_model)
     app.command()(merge)
     app.command()(export)
     app.command("serve")(serve)

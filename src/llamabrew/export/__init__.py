@@ -3,8 +3,8 @@
 ``export_gguf(run_or_model, ["q8_0", "q4_k_m"], "out/model.gguf", eval_file="held_out.jsonl")`` loads the
 model as chat and eval do (base + adapter for a run directory), records torch's logits on a few prompts
 rendered with the trained template, merges the adapter in full precision, writes each GGUF, re-loads it in
-llama.cpp and compares tokens and logits. f16 / q8_0 files beyond `verify.BOUNDS` are refused (renamed
-``*.rejected``).
+llama.cpp and compares tokens and next-token distributions (mean KL, top-1 agreement, perplexity). f16 / q8_0
+files beyond `verify.BOUNDS` are refused (renamed ``*.rejected``).
 """
 
 from __future__ import annotations
@@ -65,15 +65,15 @@ class ExportReport:
         def score(s: EvalReport | None) -> str:
             return f"{s.exact_match:6.1%} {s.contains:8.1%}" if s else f"{'-':>6} {'-':>8}"
 
-        out = [f"{'model':<7} {'MiB':>8} {'max|dlogit|':>11} {'x std':>6} {'top-1':>6} {'tokens':>6} "
+        out = [f"{'model':<7} {'MiB':>8} {'mean KL':>9} {'top-1':>6} {'ppl':>7} {'tokens':>6} "
                f"{'exact':>6} {'contains':>8}  verdict"]
         if self.torch_score:
-            out.append(f"{'torch':<7} {'':>8} {'':>11} {'':>6} {'':>6} {'':>6} {score(self.torch_score)}")
+            out.append(f"{'torch':<7} {'':>8} {'':>9} {'':>6} {'':>7} {'':>6} {score(self.torch_score)}")
         for r in self.results:
             c = r.check
             tokens = "same" if c and c.tokens_match else "known" if c and c.tokens_ok else "DIFF"
-            checked = (f"{c.max_abs_diff:11.4g} {c.rel_diff:6.3f} {c.top1:6.1%} {tokens:>6}" if c
-                       else f"{'not verified':>32}")
+            checked = (f"{c.mean_kl:9.2g} {c.top1:6.1%} {c.ppl_change:+7.2%} {tokens:>6}" if c
+                       else f"{'not verified':>31}")
             verdict = "" if c is None else "refused" if not c.passed else "ok" if c.bound else "reported"
             out.append(f"{r.quant:<7} {r.size_bytes / 2**20:8.1f} {checked} {score(r.score)}  {verdict}")
         return out + [f"warning: {w}" for w in self.warnings]
@@ -82,7 +82,8 @@ class ExportReport:
         """What `Run.save_report("export", ...)` keeps: per file its size, verification and scores."""
         def check(c: Check | None) -> dict[str, Any] | None:
             return None if c is None else {
-                "max_abs_diff": c.max_abs_diff, "rel_diff": c.rel_diff, "top1": c.top1, "positions": c.positions,
+                "mean_kl": c.mean_kl, "top1": c.top1, "ppl_torch": c.ppl_torch, "ppl_gguf": c.ppl_gguf,
+                "max_abs_diff": c.max_abs_diff, "rel_diff": c.rel_diff, "positions": c.positions,
                 "tokens_match": c.tokens_match, "tokens_ok": c.tokens_ok, "passed": c.passed,
                 "problems": c.problems()}
 

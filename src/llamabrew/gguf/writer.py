@@ -123,20 +123,21 @@ def add_hparams(writer: GGUFWriter, config: Any, quant: str) -> dict[str, int]:
     return {"n_head": n_head, "n_kv": n_kv, "head_dim": head_dim}
 
 
-def tensor_type(name: str, shape: tuple[int, ...], quant: str) -> GGMLQuantizationType:
+def tensor_type(name: str, shape: tuple[int, ...], quant: str, tied: bool = False) -> GGMLQuantizationType:
     """Norms and biases stay f32; q4_0 keeps the output projection at q8_0 (llama.cpp also keeps it above
-    4 bits); rows that are not whole 32-blocks stay f16."""
+    4 bits), which with tied embeddings is ``token_embd``; rows that are not whole 32-blocks stay f16."""
     if len(shape) < 2 or name.endswith(".bias") or name.startswith("rope_freqs"):
         return GGMLQuantizationType.F32
     if quant in ("q8_0", "q4_0") and shape[-1] % _BLOCK == 0:
-        if quant == "q4_0" and name != "output.weight":
+        output = name == "output.weight" or (tied and name == "token_embd.weight")
+        if quant == "q4_0" and not output:
             return GGMLQuantizationType.Q4_0
         return GGMLQuantizationType.Q8_0
     return GGMLQuantizationType.F16
 
 
-def add_tensor(writer: GGUFWriter, name: str, data: np.ndarray, quant: str) -> None:
-    qtype = tensor_type(name, data.shape, quant)
+def add_tensor(writer: GGUFWriter, name: str, data: np.ndarray, quant: str, tied: bool = False) -> None:
+    qtype = tensor_type(name, data.shape, quant, tied)
     if qtype == GGMLQuantizationType.F16 and np.abs(data).max(initial=0.0) > _F16_MAX:
         qtype = GGMLQuantizationType.F32  # bf16 weights beyond f16's range would become inf
     if qtype == GGMLQuantizationType.F32:
@@ -163,7 +164,7 @@ def convert_tensors(writer: GGUFWriter, state: Mapping[str, torch.Tensor], confi
             data = _permute(data, heads["n_head"])
         elif permute and ".attn_k." in name:
             data = _permute(data, heads["n_kv"])
-        add_tensor(writer, name, data, quant)
+        add_tensor(writer, name, data, quant, tied)
     theta, rope = _rope(config)
     if rope.get("rope_type") == "llama3":
         writer.add_tensor("rope_freqs.weight", _llama3_rope_factors(rope, theta, heads["head_dim"]))

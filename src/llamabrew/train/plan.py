@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -19,25 +20,77 @@ log = logging.getLogger(__name__)
 GPU_PRICE_ENV = "LLAMABREW_USD_PER_HOUR"  # what an hour of this machine costs, for the $ line of the plan
 
 
-def measure_step_seconds(model: torch.nn.Module, train: Sequence[Encoded], cfg: OptimConfig, batcher: Batcher,
-                         device: torch.device, objective: Objective | None = None, repeats: int = 2,
-                         dtype: torch.dtype = torch.float32) -> float:
-    """Time forward+backward of the run's first micro-batch; leaves weights, gradients and RNG untouched."""
+@dataclass
+class TimeEstimate:
+    """Seconds a run will take, from parts measured on this machine: each optimizer step (its micro-batches,
+    sampled across the epoch, plus the optimizer update) and the validation passes."""
+
+    step_s: float
+    eval_s: float  # one pass over the validation batches
+    steps: int
+    evals: int
+
+    @property
+    def total_s(self) -> float:
+        return self.step_s * self.steps + self.eval_s * self.evals
+
+
+SAMPLED_MICRO_BATCHES = 4  # micro-batches timed, spread over the first epoch (lengths vary across it)
+OPTIMIZER_PROBE_ELEMENTS = 4_000_000  # an AdamW update timed on this many values, scaled to the trainable ones
+
+
+def _timed(fn: Callable[[], object], device: torch.device) -> float:
+    t0 = time.monotonic()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.monotonic() - t0
+
+
+def optimizer_seconds(n_trainable: int, device: torch.device) -> float:
+    """One AdamW update of ``n_trainable`` values, timed on stand-in tensors (the model's own stay untouched)."""
+    n = max(1, min(n_trainable, OPTIMIZER_PROBE_ELEMENTS))
+    param = torch.zeros(n, device=device, requires_grad=True)
+    param.grad = torch.ones_like(param)
+    opt = torch.optim.AdamW([param], lr=1e-3, fused=device.type == "cuda")
+    times = [_timed(opt.step, device) for _ in range(3)]
+    return sorted(times)[1] * n_trainable / n
+
+
+def estimate_time(model: torch.nn.Module, train: Sequence[Encoded], val: Sequence[Encoded], cfg: OptimConfig,
+                  batcher: Batcher, device: torch.device, objective: Objective | None = None,
+                  dtype: torch.dtype = torch.float32) -> TimeEstimate:
+    """Time forward+backward on micro-batches sampled across the epoch (after one untimed warm-up), the
+    optimizer update and a validation pass; leaves weights, gradients and RNG untouched."""
     rng = torch.get_rng_state()
-    batch = to_device(batcher.batch(train, cfg, 0), device)
     objective = objective or CausalLM()
-    times = []
-    for _ in range(repeats):
-        t0 = time.monotonic()
+    per_epoch = batcher.micro_batches_per_epoch(train, cfg)
+    picks = sorted({round(i * per_epoch / SAMPLED_MICRO_BATCHES) % per_epoch for i in range(SAMPLED_MICRO_BATCHES)})
+
+    def forward_backward(index: int) -> None:
         with autocast_for(device, dtype):
-            loss = objective(model, batch).loss
+            loss = objective(model, to_device(batcher.batch(train, cfg, index), device)).loss
         loss.backward()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.monotonic() - t0)
+
+    forward_backward(picks[0])  # first calls pay one-time set-up costs
+    micro = sum(_timed(lambda i=i: forward_backward(i), device) for i in picks) / len(picks)
     model.zero_grad(set_to_none=True)
+    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    step = micro * (cfg.grad_accum or 1) + optimizer_seconds(n_trainable, device)
+    eval_s = 0.0
+    if val:
+        batches = batcher.eval_batches(val, cfg)
+        was_training = model.training
+        model.eval()
+        with torch.no_grad(), autocast_for(device, dtype):
+            first = _timed(lambda: objective(model, to_device(batches[0], device)), device)
+        model.train(was_training)
+        eval_s = first * len(batches)
     torch.set_rng_state(rng)
-    return min(times) * (cfg.grad_accum or 1)
+    steps = total_steps(train, cfg, batcher)
+    every = cfg.eval_every or steps_per_epoch(train, cfg, batcher)
+    evals = (steps // every + (steps % every != 0)) if val else 0
+    return TimeEstimate(step, eval_s, steps, evals)
 
 
 def format_duration(seconds: float) -> str:
@@ -56,7 +109,7 @@ def print_plan(model: torch.nn.Module, train: Sequence[Encoded], val: Sequence[E
     steps = total_steps(train, cfg, batcher)
     epochs = steps / steps_per_epoch(train, cfg, batcher)
     tokens = sum(len(e) for e in train)
-    est = measure_step_seconds(model, train, cfg, batcher, device, objective, dtype=dtype) * steps
+    est = estimate_time(model, train, val, cfg, batcher, device, objective, dtype=dtype).total_s
     if cfg.max_minutes:
         est = min(est, cfg.max_minutes * 60)
     cost = ""
