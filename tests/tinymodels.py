@@ -42,3 +42,41 @@ def build_tiny_model(out: Path, vocab_size: int = 512, hidden: int = 32, layers:
     model.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
     return out
+
+
+def save_model(model: Any, tok: Any, out: Path) -> Path:
+    model.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    return out
+
+
+def build_tiny_qwen2(tok: Any, out: Path, pad_rows: int = 20, seed: int = 0) -> Path:
+    """A Qwen2 as Qwen ships them: tied embeddings with rows padded past the tokenizer, and (random, non-zero)
+    q/k/v biases, so a dropped or misplaced bias shows in the logits."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(Qwen2Config(
+        vocab_size=len(tok) + pad_rows, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+    ))
+    with torch.no_grad():
+        for layer in model.model.layers:
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                proj.bias.normal_(0, 0.5)
+    return save_model(model, tok, out)
+
+
+def build_tiny_mistral(tok: Any, out: Path, seed: int = 0) -> Path:
+    """A Mistral (run by llama.cpp as LLaMA) for a SentencePiece tokenizer with <s>=1, </s>=2."""
+    import torch
+    from transformers import MistralConfig, MistralForCausalLM
+
+    torch.manual_seed(seed)
+    model = MistralForCausalLM(MistralConfig(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=256, bos_token_id=1, eos_token_id=2,
+    ))
+    return save_model(model, tok, out)

