@@ -118,6 +118,8 @@ GPU = 'the \'gpu\' extra: pip install "llamabrew[gpu]"'
     ("uvicorn", ["serve", "runs/x", "--engine", "torch"], f"llamabrew serve {SERVE}"),
     ("starlette", ["serve", "model.gguf"], f"llamabrew serve {SERVE} (starlette is missing)"),
     ("llama_cpp", ["serve", "model.gguf"], f"running a model in llama.cpp {LLAMACPP}"),
+    ("fastapi,uvicorn", ["arena", "--questions", "builtin:brew80", "--a", "a.jsonl", "--b", "b.jsonl"],
+     f"llamabrew arena {SERVE}"),
     ("llama_cpp", ["chat", "model.gguf"], f"running a model in llama.cpp {LLAMACPP}"),
     ("llama_cpp", ["chat", "runs/x", "--engine", "llamacpp"], f"running a model in llama.cpp {LLAMACPP}"),
     ("llama_cpp", ["export", "runs/x"], f"verifying a GGUF in llama.cpp (--no-verify skips it) {LLAMACPP}"),

@@ -44,7 +44,7 @@ def modules() -> dict[str, Path]:
 
 
 def is_cli(name: str) -> bool:
-    return name in ("llamabrew.cli", "llamabrew.cli_common") or name.endswith(".cli")
+    return name in ("llamabrew.cli", "llamabrew.cli_common") or name.endswith((".cli", "_cli"))
 
 
 def layer_of(name: str) -> int:

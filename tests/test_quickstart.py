@@ -36,6 +36,11 @@ def test_quickstart_answers_held_out_questions_only_after_tuning(tmp_path: Path)
     assert table[1][-1] == "ok"  # q8_0 passed verification
     assert float(table[1][-2].rstrip("%")) >= float(table[0][-1].rstrip("%")) - 5  # q8_0 answers as torch does
     assert "through llama.cpp" in res.stderr
+    # base vs tuned through `llamabrew judge`'s path, with the offline reference judge
+    judge = summary["judge"]
+    assert judge["wins"] > 10 * max(judge["losses"], 1) and judge["win_rate_adjusted"] >= 0.7
+    assert judge["ci95"][0] <= judge["win_rate_adjusted"] <= judge["ci95"][1]
+    assert "judged by reference" in res.stderr and (out / "sft" / "reports" / "judge.json").is_file()
 
 
 def test_world_questions_cover_every_fact_with_sentence_answers() -> None:

@@ -21,6 +21,7 @@ def test_real_quickstart_teaches_a_persona_that_reaches_held_out_topics(smollm2_
     assert summary["held_out_greeted_after"] >= 0.8
     assert summary["held_out_loss_after"] < 0.7 * summary["held_out_loss_before"]
     assert summary["gguf_q4_k_m_greeted"] >= 0.6  # the shipped file keeps the persona
+    assert summary["judge"]["win_rate_adjusted"] >= 0.8 and summary["judge"]["losses"] == 0  # the offline judge
     for path in summary["artifacts"].values():
         assert Path(path).exists(), path
     assert "reusing the imported base" in res.stderr

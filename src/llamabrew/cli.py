@@ -198,8 +198,11 @@ def quickstart(
 
 
 def _register_stage_commands() -> None:
-    """Commands that live beside their stage: `data ...`, `import`, `merge`, `export`, `serve`."""
+    """Commands that live beside their stage: `data ...`, `import`, `merge`, `export`, `serve`, `answer`,
+    `judge`, `arena`, `leaderboard`."""
     from llamabrew.data.cli import data_app
+    from llamabrew.evaluate.arena_cli import arena_app
+    from llamabrew.evaluate.cli import answer, judge, leaderboard
     from llamabrew.export.cli import export, merge
     from llamabrew.gguf.cli import import_model
     from llamabrew.serve.cli import serve
@@ -209,6 +212,10 @@ def _register_stage_commands() -> None:
     app.command()(merge)
     app.command()(export)
     app.command("serve")(serve)
+    app.command()(answer)
+    app.command()(judge)
+    app.command()(leaderboard)
+    app.add_typer(arena_app, name="arena")
 
 
 _register_stage_commands()

@@ -18,8 +18,12 @@ from llamabrew import evaluate, train
 from llamabrew.data.formats import write_jsonl
 from llamabrew.engines import GREEDY, Engine, generate_text
 from llamabrew.engines.torch_engine import open_torch_engine
+from llamabrew.evaluate.compare import AnswerSettings, Comparison, compare
+from llamabrew.evaluate.judge_report import summary_view
+from llamabrew.evaluate.questions import Question
+from llamabrew.evaluate.reference_judge import URL as REFERENCE_URL
 from llamabrew.extras import require
-from llamabrew.io import atomic_write_text
+from llamabrew.io import atomic_write_text, read_jsonl
 from llamabrew.progress import terminal as console
 from llamabrew.recipe import (
     DataConfig,
@@ -35,6 +39,7 @@ from llamabrew.world import biographies, make_world, questions
 BIOS_PER_PERSON = 6
 GGUF_QUANTS = ["q8_0", "q4_k_m"]
 GGUF_EVAL_LIMIT = 100  # held-out questions asked of each GGUF (the torch model answers all of them too)
+JUDGED_QUESTIONS = 80  # held-out questions the offline judge compares base and tuned on
 
 
 @dataclass
@@ -91,10 +96,12 @@ def run(out: Path, entities: int = 200, pretrain_minutes: float = 4.0, seed: int
     recipe = sft_recipe(base, train_file, out / "sft", seed)
     result = train.run(recipe)
 
-    console.rule("[bold]4/6 held-out questions, before and after tuning")
+    console.rule("[bold]4/6 held-out questions, before and after tuning; then base vs tuned through the judge")
     scores = evaluate.run(str(result.out), held_file, compare=True, max_new_tokens=32, batch_size=32)
     assert scores.base is not None
     write_jsonl(out / "held_out_answers.jsonl", scores.tuned.samples)
+    held = read_jsonl(held_file)[:JUDGED_QUESTIONS]
+    judged = judge_base_and_tuned(base, result.out, [(r["instruction"], r["output"]) for r in held], out / "judge")
 
     console.rule("[bold]5/6 ship: " + ("GGUF q8_0 and q4_k_m, verified against torch and scored on held-out "
                                         "questions" if gguf else "skipped (--no-gguf)"))
@@ -123,7 +130,7 @@ def run(out: Path, entities: int = 200, pretrain_minutes: float = 4.0, seed: int
     res = QuickstartResult(scores.base.contains, scores.tuned.contains, scores.tuned.exact_match, {
         "world corpus": corpus, "base model": base, "instruction data": train_file, "held-out questions": held_file,
         "LoRA adapter": result.out, "loss curve": result.out / "loss.png",
-        "held-out answers": out / "held_out_answers.jsonl",
+        "held-out answers": out / "held_out_answers.jsonl", "judge verdicts (base vs tuned)": judged.verdicts_path,
         **{f"GGUF {q} (+ Modelfile)": p for q, p in ggufs.items()},
     }, (time.monotonic() - started) / 60)
     save_recipe(recipe, out)
@@ -131,8 +138,25 @@ def run(out: Path, entities: int = 200, pretrain_minutes: float = 4.0, seed: int
     atomic_write_text(out / "summary.json", json.dumps({
         "held_out_contains_before": res.held_out_before, "held_out_contains_after": res.held_out_after,
         "held_out_exact_after": res.exact_after, "minutes": res.minutes,
+        "judge": {k: judged.summary[k] for k in ("wins", "ties", "losses", "win_rate_adjusted", "ci95")},
         "artifacts": {k: str(v) for k, v in res.artifacts.items()}}, indent=2))
     return res
+
+
+def judge_base_and_tuned(base: Path, tuned: Path, asked: list[tuple[str, str]], out: Path,
+                         template: str = "alpaca", max_new_tokens: int = 32) -> Comparison:
+    """The comparison `llamabrew judge` makes, with the offline judge: ``asked`` is (question, reference)
+    pairs whose reference it knows (the world's facts, the persona's greeting): ``--judge-url builtin:reference``."""
+    qs = [Question(i + 1, "held-out", (q,), (ref,)) for i, (q, ref) in enumerate(asked)]
+    atomic_write_text(out / "questions.jsonl", "".join(json.dumps(q.as_dict()) + "\n" for q in qs))
+    console.print(f"llamabrew judge --questions {out / 'questions.jsonl'} --a {base} --b {tuned} --judge-url "
+                  f"{REFERENCE_URL} --template {template} --max-new-tokens {max_new_tokens} --out {out}",
+                  style="dim", highlight=False)
+    judged = compare(qs, str(base), str(tuned), judge_url=REFERENCE_URL, out=out,
+                     answering=AnswerSettings(max_new_tokens=max_new_tokens, batch_size=32, template=template))
+    for part in summary_view(judged.summary):
+        console.print(part, highlight=False)
+    return judged
 
 
 def _summary(res: QuickstartResult, before: evaluate.EvalReport, after: evaluate.EvalReport) -> None:

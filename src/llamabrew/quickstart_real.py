@@ -21,9 +21,9 @@ from llamabrew.engines import GREEDY, generate_text
 from llamabrew.extras import require
 from llamabrew.gguf.importer import REPORT_NAME, import_gguf, smollm2_gguf
 from llamabrew.io import atomic_write_text
-from llamabrew.persona import greeted, persona_data
+from llamabrew.persona import GREETING, greeted, persona_data
 from llamabrew.progress import terminal as console
-from llamabrew.quickstart import print_artifacts
+from llamabrew.quickstart import judge_base_and_tuned, print_artifacts
 from llamabrew.recipe import DataConfig, ModelConfig, OptimConfig, Recipe, save_recipe
 
 GGUF_QUANT = "q4_k_m"
@@ -79,10 +79,12 @@ def run(out: Path, seed: int = 0, train_minutes: float = TRAIN_MINUTES, gguf: bo
                     optim=OptimConfig(seed=seed, max_minutes=train_minutes), out=out / "sft")
     result = train.run(recipe)
 
-    console.rule("[bold]4/5 held-out questions, before and after tuning")
+    console.rule("[bold]4/5 held-out questions, before and after tuning; then base vs tuned through the judge")
     scores = evaluate.run(str(result.out), held_file, compare=True, max_new_tokens=24, batch_size=16)
     assert scores.base is not None and scores.base.loss is not None and scores.tuned.loss is not None
     write_jsonl(out / "held_out_answers.jsonl", scores.tuned.samples)
+    judged = judge_base_and_tuned(base, result.out, [(r["instruction"], GREETING) for r in held_out],
+                                  out / "judge", template="auto", max_new_tokens=24)
 
     ggufs: dict[str, Path] = {}
     gguf_greeted = None
@@ -109,6 +111,7 @@ def run(out: Path, seed: int = 0, train_minutes: float = TRAIN_MINUTES, gguf: bo
                                    "held-out questions": held_file, "LoRA adapter": result.out,
                                    "loss curve": result.out / "loss.png",
                                    "held-out answers": out / "held_out_answers.jsonl",
+                                   "judge verdicts (base vs tuned)": judged.verdicts_path,
                                    **{f"GGUF {q} (+ Modelfile)": p for q, p in ggufs.items()}},
                                (time.monotonic() - started) / 60)
     save_recipe(recipe, out)
@@ -117,6 +120,7 @@ def run(out: Path, seed: int = 0, train_minutes: float = TRAIN_MINUTES, gguf: bo
         "held_out_greeted_before": res.greeted_before, "held_out_greeted_after": res.greeted_after,
         "held_out_loss_before": res.loss_before, "held_out_loss_after": res.loss_after,
         f"gguf_{GGUF_QUANT}_greeted": res.gguf_greeted, "minutes": res.minutes,
+        "judge": {k: judged.summary[k] for k in ("wins", "ties", "losses", "win_rate_adjusted", "ci95")},
         "artifacts": {k: str(v) for k, v in res.artifacts.items()}}, indent=2))
     return res
 

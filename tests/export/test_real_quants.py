@@ -50,3 +50,17 @@ def test_our_quantizer_is_as_close_to_torch_as_llamacpps(real_exports, quant: st
     mine, ref = ours[quant].check, theirs[quant]
     assert mine.mean_kl <= ref.mean_kl * 1.1 + 1e-5, (mine.summary(), ref.summary())
     assert mine.top1 >= ref.top1 - 0.01, (mine.summary(), ref.summary())
+
+
+def test_a_broken_conversion_of_real_weights_is_refused(smollm2_dir: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch):
+    """The bounds leave room for quantization noise, not for a bug: without LLaMA's q/k permutation the real
+    model still loads and runs in llama.cpp, and its f16 file is refused."""
+    import llamabrew.gguf.writer as writer
+    from llamabrew.export import VerificationError
+
+    monkeypatch.setattr(writer, "_permute", lambda w, n_head: w)
+    with pytest.raises(VerificationError, match="verification failed") as e:
+        export_gguf(str(smollm2_dir), "f16", tmp_path / "bad.gguf", verbose=False, modelfile=False)
+    assert "mean KL" in str(e.value) or "top-1" in str(e.value), str(e.value)
+    assert not (tmp_path / "bad.gguf").exists() and (tmp_path / "bad.gguf.rejected").is_file()

@@ -166,11 +166,14 @@ class BodyLimit:
 
 
 @contextlib.contextmanager
-def run_in_thread(app: Any, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
-    """Serve ``app`` with uvicorn on a background thread (tests, benchmarks); yields its base URL."""
+def run_in_thread(app: Any, host: str = "127.0.0.1", port: int = 0, reuse_address: bool = False) -> Iterator[str]:
+    """Serve ``app`` with uvicorn on a background thread (tests, benchmarks); yields its base URL.
+    ``reuse_address``: a restart may bind the same port at once (as an open page sees a restarted server)."""
     uvicorn = require("serve", "serving over HTTP", "uvicorn")
 
     sock = socket.socket()
+    if reuse_address:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)

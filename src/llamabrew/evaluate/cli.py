@@ -1,0 +1,126 @@
+"""`llamabrew answer`, `judge` and `leaderboard`: the commands over `evaluate.compare` and `leaderboard`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from llamabrew.cli_common import console, friendly_errors
+from llamabrew.data.cli import BudgetUsd, Concurrency, PriceIn, PriceOut, Prices, Retries, Timeout, teacher_config
+from llamabrew.evaluate.judge_report import fmt, summary_view
+
+Opt = typer.Option
+Questions = Annotated[str, Opt("--questions", "-q", help="questions JSONL (FastChat layout) or builtin:brew80")]
+MaxNew = Annotated[int, Opt("--max-new-tokens", min=1, help="longest answer per turn, in tokens")]
+Temperature = Annotated[float, Opt("--temperature", min=0, help="answer sampling temperature (0 = greedy)")]
+Threads = Annotated[int | None, Opt("--threads", help="CPU threads for a local model")]
+Template = Annotated[str | None, Opt("--template", help="chat template of a local model (default: the one it "
+                                                        "was trained with)")]
+AsJson = Annotated[bool, Opt("--json", help="print one JSON object on stdout")]
+
+
+@friendly_errors
+def answer(
+    questions: Questions,
+    model: Annotated[str, Opt("--model", "-m", help="run or model directory, hub id, .gguf, or openai:URL#MODEL")],
+    out: Annotated[Path, Opt("--out", "-o", help="answers JSONL to write (resumed if it exists)")],
+    model_id: Annotated[str | None, Opt(help="name the answers carry (default: from --model)")] = None,
+    max_new_tokens: MaxNew = 256,
+    temperature: Temperature = 0.0,
+    template: Template = None,
+    threads: Threads = None,
+) -> None:
+    """Answer every question (each turn after the model's own earlier answers) into a FastChat answers file."""
+    from llamabrew.evaluate.compare import AnswerSettings, answer_model
+    from llamabrew.evaluate.questions import load_answers, load_questions
+
+    qs = load_questions(questions)
+    settings = AnswerSettings(max_new_tokens=max_new_tokens, temperature=temperature, threads=threads,
+                              template=template)
+    answer_model(model, qs, out, settings, model_id=model_id)
+    n = len(load_answers(out, qs))
+    console.print(f"[green]done[/]: {n} answers in {out}", highlight=False)
+
+
+@friendly_errors
+def judge(
+    questions: Questions,
+    a: Annotated[str, Opt("--a", help="the reference (e.g. the base): an answers JSONL or a model to answer first")],
+    b: Annotated[str, Opt("--b", help="the candidate (e.g. the tuned run): an answers JSONL or a model")],
+    judge_url: Annotated[str, Opt("--judge-url", help="OpenAI-compatible base URL of the judge, or "
+                                                      "builtin:reference (offline: grades by reference answers)")],
+    judge_model: Annotated[str | None, Opt("--judge-model", help="the judge's model name")] = None,
+    judge_key_env: Annotated[str, Opt("--judge-key-env", help="environment variable holding the judge's API key "
+                                                              "(never written anywhere)")] = "OPENAI_API_KEY",
+    mode: Annotated[str, Opt("--mode", help="pairwise (both orders) or single (1-10 grades)")] = "pairwise",
+    out: Annotated[Path, Opt("--out", "-o", help="folder for answers, verdicts and the summary")] = Path("judgments"),
+    no_reference: Annotated[bool, Opt("--no-reference", help="don't show reference answers to the judge")] = False,
+    concurrency: Concurrency = 4,
+    budget_usd: BudgetUsd = None,
+    price_in: PriceIn = None,
+    price_out: PriceOut = None,
+    prices: Prices = None,
+    timeout: Timeout = 120.0,
+    retries: Retries = 6,
+    max_new_tokens: MaxNew = 256,
+    temperature: Temperature = 0.0,
+    template: Template = None,
+    threads: Threads = None,
+    seed: Annotated[int, Opt(help="bootstrap seed")] = 0,
+    as_json: AsJson = False,
+) -> None:
+    """LLM-as-judge: is B better than A? Pairwise in both orders (a flip is a tie), or single grades."""
+    from llamabrew.evaluate.compare import AnswerSettings, compare
+    from llamabrew.evaluate.questions import load_questions
+    from llamabrew.evaluate.reference_judge import URL
+
+    qs = load_questions(questions)
+    config = None
+    if judge_url != URL and judge_model:
+        config = teacher_config(judge_url, judge_model, judge_key_env, concurrency, budget_usd, price_in, price_out,
+                                prices, timeout, retries, temperature=0.0, max_tokens=1024)
+    result = compare(qs, a, b, judge_url=judge_url, judge_model=judge_model, judge_config=config, mode=mode,
+                     out=out, use_reference=not no_reference, seed=seed,
+                     answering=AnswerSettings(max_new_tokens=max_new_tokens, temperature=temperature,
+                                              threads=threads, template=template))
+    s = result.summary
+    if as_json:
+        print(json.dumps(s))
+    else:
+        for part in summary_view(s):
+            console.print(part, highlight=False)
+    if s["stopped"] == "budget":
+        console.print(f"[yellow]stopped at the budget[/]: {s['pending']} verdicts still to ask; run again with a "
+                      "larger --budget-usd to resume", highlight=False)
+
+
+@friendly_errors
+def leaderboard(
+    sources: Annotated[list[Path], typer.Argument(help="pairwise verdict JSONL files and/or arena vote databases")],
+    seed: Annotated[int, Opt(help="bootstrap seed")] = 0,
+    as_json: AsJson = False,
+) -> None:
+    """Bradley-Terry ratings with 95% intervals, and judge-human agreement where both judged the same items."""
+    from rich.table import Table
+
+    from llamabrew.evaluate.leaderboard import leaderboard as build
+
+    board = build(list(sources), seed=seed)
+    if as_json:
+        print(json.dumps(board))
+        return
+    table = Table(title=f"leaderboard: {board['judge_games']} judge games, {board['human_games']} human games")
+    for col in ("rank", "model", "rating", "95% CI", "games", "win rate (W+T/2)"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for row in board["ratings"]:
+        lo, hi = row["ci95"]
+        table.add_row(str(row["rank"]), row["model"], f"{row['rating']:.0f}", f"{lo:.0f} – {hi:.0f}",
+                      str(row["games"]), fmt(row["win_rate_adjusted"]))
+    console.print(table)
+    agree = board["agreement"]
+    if agree:
+        console.print(f"judge–human agreement: {fmt(agree['with_ties'])} with ties ({agree['items']} votes), "
+                      f"{fmt(agree['without_ties'])} without ({agree['without_ties_items']})", highlight=False)
