@@ -46,7 +46,10 @@ TRAIN_FLAGS: Flags = {
     "val_fraction": "data.val_fraction", "eval_every": "optim.eval_every", "save_every": "optim.save_every",
     "max_minutes": "optim.max_minutes", "precision": "optim.precision", "seed": "optim.seed",
     "threads": "optim.threads", "resume": ("resume", "--resume"),
-    "trust_remote_code": ("model.trust_remote_code", "--trust-remote-code"),
+    "trust_remote_code": ("model.trust_remote_code", "--trust-remote-code"), "adapter": "model.adapter",
+    "beta": "preference.beta", "loss": "preference.loss", "reward": "grpo.reward",
+    "group_size": "grpo.group_size", "kl_coef": "grpo.kl_coef",
+    "max_completion_tokens": "grpo.max_completion_tokens", "temperature": "grpo.temperature",
 }
 PRETRAIN_FLAGS: Flags = {
     "corpus": "corpus", "out": "out", "params": "params", "max_minutes": "optim.max_minutes",
@@ -62,7 +65,8 @@ def train(
     recipe: Annotated[Path | None, typer.Argument(help="recipe YAML; flags override its values")] = None,
     *, overrides: dict[str, Any],
 ) -> None:
-    """Fine-tune a causal LM (LoRA by default) on instruction data."""
+    """Fine-tune a causal LM (LoRA by default) on instruction data; --method dpo / reward on preference pairs,
+    grpo on prompts with a reward."""
     from llamabrew import train as train_stage
 
     result = train_stage.run(load_recipe(Recipe, recipe, overrides))

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from llamabrew.errors import InputError, LlamabrewError
 from llamabrew.io import atomic_write_text
@@ -27,6 +27,8 @@ class ModelConfig(Section):
     trust_remote_code: bool = Field(False, description="run model code shipped with the checkpoint (off: safer)")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     quantize_4bit: bool = Field(False, description="QLoRA: load the base in 4-bit (needs CUDA + bitsandbytes)")
+    adapter: str | None = Field(None, description="start from this LoRA adapter (a run directory, e.g. the SFT "
+                                "run DPO improves on); the base defaults to the adapter's")
 
 
 class DataConfig(Section):
@@ -87,18 +89,53 @@ class PretrainOptimConfig(OptimConfig):
     max_minutes: float | None = Field(4.0, gt=0, description="time budget; the model is sized to fit it")
 
 
+class PreferenceConfig(Section):
+    """DPO and its variants (``objective: dpo``)."""
+
+    beta: float = Field(0.1, gt=0, description="DPO's beta: how far the policy may move from the reference")
+    loss: Literal["sigmoid", "ipo", "hinge", "simpo"] = Field("sigmoid", description="sigmoid (DPO), ipo, "
+                                                               "hinge, or simpo (SimPO: no reference model)")
+    simpo_gamma: float = Field(0.5, ge=0, description="SimPO's target margin")
+
+
+class GRPOConfig(Section):
+    """Online RL with group-relative advantages (``objective: grpo``)."""
+
+    reward: str = Field("contains", description="exact or contains (against each prompt's reference), "
+                        "module:function (called with prompt, completion, row), or a reward-model run directory")
+    group_size: int = Field(4, ge=2, description="completions sampled per prompt")
+    kl_coef: float = Field(0.04, ge=0, description="weight of the KL penalty to the starting model")
+    max_completion_tokens: int = Field(32, gt=0, description="longest sampled completion")
+    temperature: float = Field(1.0, gt=0, description="sampling temperature of the completions")
+
+
+OBJECTIVE_METHODS = ("dpo", "reward", "grpo")  # `--method dpo` = LoRA with objective dpo
+
+
 class Recipe(Section):
     """Fine-tuning: base model + instruction data → adapter (or full model)."""
 
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
-    method: Literal["lora", "full"] = Field("lora", description="lora (an adapter) or full (every weight)")
-    objective: Literal["sft"] = Field("sft", description="what training minimises: sft = next-token "
-                                      "cross-entropy on the trained (response) tokens")
+    method: Literal["lora", "full", "dpo", "reward", "grpo"] = Field(
+        "lora", description="lora (an adapter) or full (every weight); dpo, reward or grpo: LoRA with that "
+        "objective (preference pairs for dpo/reward, prompts for grpo)")
+    objective: Literal["sft", "dpo", "reward", "grpo"] = Field(
+        "sft", description="what training minimises: sft = next-token cross-entropy on the responses; dpo = "
+        "preference pairs; reward = a reward model on pairs; grpo = sampled completions and a reward")
+    preference: PreferenceConfig = PreferenceConfig()
+    grpo: GRPOConfig = GRPOConfig()
     lora: LoraConfig = LoraConfig()
     optim: OptimConfig = OptimConfig()
     out: Path = Field(Path("runs/sft"), description="run directory (adapter, loss log, checkpoints)")
     resume: bool = Field(False, description="continue from the last checkpoint in out")
+
+    @model_validator(mode="after")
+    def _objective_from_method(self) -> Recipe:
+        """``method: dpo`` (the CLI's ``--method dpo``) means LoRA trained with the dpo objective."""
+        if self.method in OBJECTIVE_METHODS:
+            self.objective, self.method = self.method, "lora"  # type: ignore[assignment]
+        return self
 
 
 class PretrainRecipe(Section):

@@ -175,3 +175,17 @@ def test_reference_judge_offline(tmp_path: Path):
     assert (s["wins"], s["ties"], s["losses"]) == (3, 0, 0) and s["judge"] == "reference"
     again = compare(load_questions(q), str(a), str(b), judge_url="builtin:reference", out=tmp_path / "o").summary
     assert again["wins"] == 3 and again["usage"]["requests"] == s["usage"]["requests"] == 6  # resumed: counted once
+
+
+def test_verdicts_become_preference_pairs(tmp_path: Path):
+    from llamabrew.data.preference import load_pairs
+
+    q, a, b = write_set(tmp_path)
+    with ScriptedTeacher(fair) as server:
+        s = compare(load_questions(q), str(a), str(b), judge_url=server.url, judge_model="judge-1",
+                    judge_config=judge_config(server.url), out=tmp_path / "out", pairs_out=tmp_path / "pairs.jsonl")
+    pairs = load_pairs(tmp_path / "pairs.jsonl")  # read back by the preference loader: a valid file
+    assert s.summary["pairs"]["written"] == 4 and s.summary["pairs"]["skipped"] == {
+        "second turn (answers follow different histories)": 2}
+    assert [p.chosen for p in pairs] == ["good 5", "good 16", "good teal", "good title"]
+    assert [p.rejected for p in pairs][0] == "poor 7" and pairs[0].prompt[0].content == "What is 2 + 3?"

@@ -19,7 +19,7 @@ from typing import Protocol
 
 import torch
 
-from llamabrew.data.encode import IGNORE, Encoded
+from llamabrew.data.encode import IGNORE, Encoded, EncodedPair
 from llamabrew.recipe import OptimConfig
 
 Batch = dict[str, torch.Tensor]
@@ -201,3 +201,28 @@ class PackedBatcher:
         size = cfg.micro_batch_size
         return [collate_packed([[examples[i] for i in row] for row in rows[k : k + size]], self.pad_id)
                 for k in range(0, len(rows), size)]
+
+
+# ---- preference pairs ----
+
+@dataclass(frozen=True)
+class PairBatcher:
+    """``micro_batch_size`` pairs per micro-batch, as one padded batch: the chosen sequences in the first half
+    of the rows, the rejected ones (same order) in the second, and each pair's ``margin``."""
+
+    pad_id: int
+
+    def _collate(self, pairs: Sequence[EncodedPair]) -> Batch:
+        batch = collate([p.chosen for p in pairs] + [p.rejected for p in pairs], self.pad_id)
+        batch["margin"] = torch.tensor([p.margin for p in pairs], dtype=torch.float32)
+        return batch
+
+    def micro_batches_per_epoch(self, examples: Sequence[EncodedPair], cfg: OptimConfig) -> int:
+        return math.ceil(len(examples) / cfg.micro_batch_size)
+
+    def batch(self, examples: Sequence[EncodedPair], cfg: OptimConfig, index: int) -> Batch:
+        return self._collate([examples[i] for i in micro_batch_indices(len(examples), cfg, index)])
+
+    def eval_batches(self, examples: Sequence[EncodedPair], cfg: OptimConfig) -> list[Batch]:
+        size = cfg.micro_batch_size
+        return [self._collate(examples[i : i + size]) for i in range(0, len(examples), size)]

@@ -125,3 +125,46 @@ def encode_examples(
         report.kept += 1
         out.append(e)
     return out, report
+
+
+@dataclass
+class EncodedPair:
+    """A preference pair as two encoded sequences that share their prompt tokens; only the final answer is a
+    target (an earlier assistant turn of a chat prompt is context, not what is preferred)."""
+
+    chosen: Encoded
+    rejected: Encoded
+    margin: float = 0.0
+
+    def __len__(self) -> int:
+        return len(self.chosen) + len(self.rejected)
+
+
+def last_turn_only(e: Encoded) -> Encoded:
+    """Keep the labels of the last run of targets (the final answer and its EOS); the rest becomes context."""
+    start = len(e.labels)
+    while start > 0 and e.labels[start - 1] != IGNORE:
+        start -= 1
+    return Encoded(e.input_ids, [IGNORE] * start + e.labels[start:], e.truncated)
+
+
+def encode_pairs(pairs: list[Any], tokenizer: Any, template: Template, cutoff_len: int,
+                 overlong: Literal["truncate", "drop"] = "truncate") -> tuple[list[EncodedPair], EncodeReport]:
+    """Encode `PreferencePair`s; a pair is dropped (and counted) when either side loses its whole answer to the
+    cutoff, or, with ``overlong="drop"``, when either side is truncated at all."""
+    report = EncodeReport()
+    out = []
+    for p in pairs:
+        chosen, rejected = (last_turn_only(encode_example(p.example(text), tokenizer, template, cutoff_len))
+                            for text in (p.chosen, p.rejected))
+        truncated = chosen.truncated or rejected.truncated
+        if truncated and overlong == "drop":
+            report.dropped += 1
+            continue
+        if any(all(lab == IGNORE for lab in e.labels[:-1]) and e.truncated for e in (chosen, rejected)):
+            report.no_target += 1
+            continue
+        report.truncated += truncated
+        report.kept += 1
+        out.append(EncodedPair(chosen, rejected, p.margin or 0.0))
+    return out, report

@@ -58,6 +58,8 @@ def judge(
     mode: Annotated[str, Opt("--mode", help="pairwise (both orders) or single (1-10 grades)")] = "pairwise",
     out: Annotated[Path, Opt("--out", "-o", help="folder for answers, verdicts and the summary")] = Path("judgments"),
     no_reference: Annotated[bool, Opt("--no-reference", help="don't show reference answers to the judge")] = False,
+    pairs: Annotated[Path | None, Opt("--pairs", help="also write the verdicts as preference pairs (JSONL: "
+                                                      "prompt/chosen/rejected, ties left out) for DPO")] = None,
     concurrency: Concurrency = 4,
     budget_usd: BudgetUsd = None,
     price_in: PriceIn = None,
@@ -83,7 +85,7 @@ def judge(
         config = teacher_config(judge_url, judge_model, judge_key_env, concurrency, budget_usd, price_in, price_out,
                                 prices, timeout, retries, temperature=0.0, max_tokens=1024)
     result = compare(qs, a, b, judge_url=judge_url, judge_model=judge_model, judge_config=config, mode=mode,
-                     out=out, use_reference=not no_reference, seed=seed,
+                     out=out, use_reference=not no_reference, seed=seed, pairs_out=pairs,
                      answering=AnswerSettings(max_new_tokens=max_new_tokens, temperature=temperature,
                                               threads=threads, template=template))
     s = result.summary
@@ -92,6 +94,10 @@ def judge(
     else:
         for part in summary_view(s):
             console.print(part, highlight=False)
+    if "pairs" in s:
+        p = s["pairs"]
+        console.print(f"wrote {p['written']} preference pairs to {p['path']} (skipped: "
+                      f"{', '.join(f'{n} {why}' for why, n in p['skipped'].items()) or 'none'})", highlight=False)
     if s["stopped"] == "budget":
         console.print(f"[yellow]stopped at the budget[/]: {s['pending']} verdicts still to ask; run again with a "
                       "larger --budget-usd to resume", highlight=False)

@@ -14,11 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llamabrew.data.preference import write_pairs
 from llamabrew.data.teacher import Teacher, TeacherConfig, Usage, read_summary
 from llamabrew.engines import Sampling
 from llamabrew.errors import LlamabrewError
 from llamabrew.evaluate.judge import JudgeBackend, judge_answers
-from llamabrew.evaluate.judge_report import pairwise_summary, single_summary
+from llamabrew.evaluate.judge_report import pairwise_games, pairwise_summary, single_summary
+from llamabrew.evaluate.pairs import pairs_from_games
 from llamabrew.evaluate.questions import Answer, Question, answer_questions, load_answers, model_id_of
 from llamabrew.evaluate.reference_judge import URL as REFERENCE_URL
 from llamabrew.evaluate.reference_judge import ReferenceJudge
@@ -105,8 +107,9 @@ def open_judge(url: str, model: str | None, config: TeacherConfig | None, usage:
 def compare(questions: list[Question], a: str, b: str, *, judge_url: str, judge_model: str | None = None,
             judge_config: TeacherConfig | None = None, mode: str = "pairwise", out: str | Path = "judgments",
             answering: AnswerSettings | None = None, use_reference: bool = True,
-            seed: int = 0) -> Comparison:
-    """Judge B against A (each an answers file or a model) on ``questions``; resumes a stopped comparison."""
+            seed: int = 0, pairs_out: str | Path | None = None) -> Comparison:
+    """Judge B against A (each an answers file or a model) on ``questions``; resumes a stopped comparison.
+    ``pairs_out``: also write the decided pairwise games as preference pairs (winner chosen, ties dropped)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     answering = answering or AnswerSettings()
@@ -135,6 +138,12 @@ def compare(questions: list[Question], a: str, b: str, *, judge_url: str, judge_
     summary |= {"judge": judge_name, "questions": len(questions), "complete": run.pending == 0,
                 "pending": run.pending, "stopped": run.stopped, "usage": run.usage.as_dict(),
                 "answers": {model_a: str(path_a), model_b: str(path_b)}, "verdicts": str(verdicts_path)}
+    if pairs_out is not None:
+        if mode != "pairwise":
+            raise LlamabrewError("preference pairs come from pairwise verdicts: --mode pairwise")
+        pairs, skipped = pairs_from_games([g for g, _ in pairwise_games(run.verdicts)[0]], questions, answers)
+        write_pairs(pairs_out, pairs)
+        summary["pairs"] = {"path": str(pairs_out), "written": len(pairs), "skipped": dict(skipped)}
     atomic_write_text(summary_path, json.dumps(summary, indent=2, ensure_ascii=False))
     for spec in (b, a):
         if not is_answers_file(spec) and Run.is_run(spec):

@@ -19,11 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from llamabrew.data.preference import write_pairs
 from llamabrew.errors import LlamabrewError
 from llamabrew.evaluate.games import Game
+from llamabrew.evaluate.pairs import pairs_from_games
 from llamabrew.evaluate.questions import Answer, Question
 from llamabrew.evaluate.stats import bootstrap_ci
-from llamabrew.io import atomic_write_text
 
 VOTES = ("a", "b", "tie", "both_bad")  # a: the left answer is better, b: the right one
 PENDING_S = 600.0  # an item shown this recently and not yet voted counts as busy when spreading votes
@@ -182,20 +183,9 @@ class VoteStore:
         """Votes as DPO preference pairs ``{"prompt", "chosen", "rejected"}`` (the winner's answer is chosen),
         written atomically. Only first-turn votes: a second-turn answer follows its own model's first answer, so
         two second answers do not answer one prompt. Ties and both-bad say nothing of which is better."""
-        by_id = {q.question_id: q for q in questions}
-        lines: list[str] = []
-        skipped: Counter[str] = Counter()
-        for q, turn, _c, left, right, vote, _r in self._votes():
-            qid = json.loads(q)
-            if vote in ("tie", "both_bad"):
-                skipped["tie" if vote == "tie" else "both bad"] += 1
-            elif turn != 1:
-                skipped["second turn (answers follow different histories)"] += 1
-            elif qid not in by_id or any(qid not in answers.get(m, {}) for m in (left, right)):
-                skipped["question or model not in the given files"] += 1
-            else:
-                winner, loser = (left, right) if vote == "a" else (right, left)
-                lines.append(json.dumps({"prompt": by_id[qid].turns[0], "chosen": answers[winner][qid].turns[0],
-                                         "rejected": answers[loser][qid].turns[0]}, ensure_ascii=False) + "\n")
-        atomic_write_text(out, "".join(lines))
-        return Export(len(lines), dict(skipped))
+        pairs, skipped = pairs_from_games(self.games(), questions, answers)
+        undecided = skipped.pop("tie or both bad", 0)
+        both_bad = sum(1 for row in self._votes() if row[5] == "both_bad")
+        skipped.update({"tie": undecided - both_bad, "both bad": both_bad})
+        write_pairs(out, pairs)
+        return Export(len(pairs), {why: n for why, n in skipped.items() if n})

@@ -28,7 +28,7 @@ from llamabrew.progress import progress_bar
 from llamabrew.recipe import OptimConfig
 from llamabrew.run import Run
 from llamabrew.train.checkpoint import LoopProgress, list_checkpoints, load_checkpoint, save_checkpoint
-from llamabrew.train.objective import CausalLM, Objective, mean_loss
+from llamabrew.train.objective import CausalLM, Objective, evaluate_objective
 from llamabrew.train.report import write_loss_plot
 
 log = logging.getLogger(__name__)
@@ -188,8 +188,9 @@ def fit(
             out_of_time = cfg.max_minutes is not None and progress.elapsed_s >= cfg.max_minutes * 60
             done = progress.step >= n_steps or out_of_time
             if val_batches and (progress.step % eval_every == 0 or done):
-                last_val = mean_loss(model, val_batches, device, objective)
+                last_val, val_metrics = evaluate_objective(model, val_batches, device, objective)
                 record["val_loss"] = round(last_val, 6)
+                record |= {f"val_{k}": round(v, 6) for k, v in val_metrics.items()}
             if progress.step % cfg.log_every == 0 or "val_loss" in record or done:
                 append_jsonl(log_path, record)
             if progress.step % save_every == 0 or done:

@@ -83,16 +83,26 @@ def get_objective(name: str) -> Objective:
 
 
 @torch.no_grad()
-def mean_loss(model: torch.nn.Module, batches: Sequence[dict[str, torch.Tensor]], device: torch.device,
-              objective: Objective | None = None) -> float:
-    """Target-weighted mean loss over batches (validation / held-out loss)."""
+def evaluate_objective(model: torch.nn.Module, batches: Sequence[dict[str, torch.Tensor]], device: torch.device,
+                       objective: Objective | None = None) -> tuple[float, dict[str, float]]:
+    """Target-weighted mean loss over batches, and the objective's metrics weighted the same way (held-out
+    reward accuracy and margins for preference objectives)."""
     objective = objective or CausalLM()
     was_training = model.training
     model.eval()
     total, n = 0.0, 0
+    sums: dict[str, float] = {}
     for b in batches:
         out = objective(model, {k: v.to(device) for k, v in b.items()})
         total += float(out.loss)
         n += out.targets
+        for k, v in out.metrics.items():
+            sums[k] = sums.get(k, 0.0) + v * out.targets
     model.train(was_training)
-    return total / max(n, 1)
+    return total / max(n, 1), {k: v / max(n, 1) for k, v in sums.items()}
+
+
+def mean_loss(model: torch.nn.Module, batches: Sequence[dict[str, torch.Tensor]], device: torch.device,
+              objective: Objective | None = None) -> float:
+    """Target-weighted mean loss over batches (validation / held-out loss)."""
+    return evaluate_objective(model, batches, device, objective)[0]

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
-from llamabrew.data.batching import PackedBatcher, PaddedBatcher
+from llamabrew.data.batching import Batcher, PackedBatcher, PaddedBatcher
 from llamabrew.data.encode import Encoded, EncodeReport, encode_examples
 from llamabrew.data.formats import Example, find_duplicates, load_examples
 from llamabrew.data.templates import Template, get_template
 from llamabrew.errors import LlamabrewError
+from llamabrew.io import read_jsonl
 from llamabrew.models import check_4bit, load_causal_lm, load_tokenizer, pick_device, pick_dtype, set_threads
 from llamabrew.progress import progress_bar
 from llamabrew.recipe import Recipe, save_recipe
@@ -22,10 +24,11 @@ from llamabrew.run import Run, RunSummary
 from llamabrew.train.checkpoint import list_checkpoints
 from llamabrew.train.defaults import resolve as resolve_defaults
 from llamabrew.train.loop import FitResult, fit
-from llamabrew.train.objective import get_objective
+from llamabrew.train.objective import Objective, get_objective
 from llamabrew.train.plan import print_plan
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass
@@ -38,13 +41,15 @@ class TrainResult:
     val_loss: float | None
     stopped_early: bool
     elapsed_s: float
+    metrics: dict[str, float] | None = None  # held-out figures of the objective (reward accuracy, margins)
 
 
-def split_validation(examples: list[Example], recipe: Recipe) -> tuple[list[Example], list[Example]]:
-    """Held-out files if given, else a seeded random split of the training data."""
+def split_validation(examples: list[T], recipe: Recipe, load: Callable[[Path], list[T]] = load_examples,  # type: ignore[assignment]
+                     ) -> tuple[list[T], list[T]]:
+    """Held-out files if given (read with ``load``), else a seeded random split of the training data."""
     data = recipe.data
     if data.val_files:
-        return examples, [ex for f in data.val_files for ex in load_examples(f)]
+        return examples, [ex for f in data.val_files for ex in load(f)]
     n_val = min(data.val_max, round(len(examples) * data.val_fraction))
     if n_val == 0 or len(examples) - n_val < 1:
         return examples, []
@@ -85,30 +90,48 @@ def encode_split(name: str, examples: list[Example], tokenizer: Any, template: T
     return encoded, report
 
 
-def attach_lora(model: Any, recipe: Recipe) -> Any:
+def attach_lora(model: Any, recipe: Recipe, task_type: str = "CAUSAL_LM") -> Any:
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     if recipe.model.quantize_4bit:
         model = prepare_model_for_kbit_training(model)
     cfg = LoraConfig(
         r=recipe.lora.r, lora_alpha=recipe.lora.alpha, lora_dropout=recipe.lora.dropout,
-        target_modules=recipe.lora.target_modules, task_type="CAUSAL_LM",
+        target_modules=recipe.lora.target_modules, task_type=task_type,
     )
     return get_peft_model(model, cfg)
 
 
-def run(recipe: Recipe) -> TrainResult:
-    """Fine-tune ``recipe.model.base`` on ``recipe.data``; write the adapter (or model) to ``recipe.out``."""
+def check_start(recipe: Recipe) -> Recipe:
+    """What every fine-tuning run checks before loading anything; a local base becomes an absolute path (the
+    adapter records its base: it must work from any directory)."""
+    if recipe.model.adapter and not recipe.model.base:
+        from llamabrew.models import adapter_base
+
+        if not Path(recipe.model.adapter, "adapter_config.json").is_file():
+            raise LlamabrewError(f"{recipe.model.adapter}: not a LoRA adapter directory (no adapter_config.json)")
+        recipe = recipe.model_copy(deep=True)
+        recipe.model.base = adapter_base(recipe.model.adapter)
     if not recipe.model.base:
         raise LlamabrewError("no base model: pass --base (hub id or local directory)")
     if recipe.model.quantize_4bit:
         check_4bit()
-    if Path(recipe.model.base).is_dir():  # the adapter records its base: make it work from any directory
+    if Path(recipe.model.base).is_dir():
         recipe = recipe.model_copy(deep=True)
         recipe.model.base = str(Path(recipe.model.base).resolve())
-    out = Path(recipe.out)
-    if list_checkpoints(Run(out).checkpoints) and not recipe.resume:
-        raise LlamabrewError(f"{out} already holds checkpoints: pass --resume to continue, or choose another --out")
+    if list_checkpoints(Run(recipe.out).checkpoints) and not recipe.resume:
+        raise LlamabrewError(f"{recipe.out} already holds checkpoints: pass --resume to continue, or choose "
+                             "another --out")
+    return recipe
+
+
+def run(recipe: Recipe) -> TrainResult:
+    """Supervised fine-tuning of ``recipe.model.base`` on ``recipe.data``; the adapter (or model) goes to
+    ``recipe.out``. (`llamabrew.train.run` sends the other objectives to their own set-up.)"""
+    recipe = check_start(recipe)
+    if recipe.model.adapter:
+        raise LlamabrewError("--adapter continues an adapter with dpo, reward or grpo; for more supervised "
+                             "tuning, merge it first (llamabrew merge) and pass the merged model as --base")
     threads = set_threads(recipe.optim.threads)
     tokenizer = load_tokenizer(recipe.model.base, recipe.model.trust_remote_code)
     template = get_template(recipe.data.template, tokenizer)
@@ -128,22 +151,34 @@ def run(recipe: Recipe) -> TrainResult:
         model.to(device)
     pad = tokenizer.pad_token_id
     batcher = PackedBatcher(pad, recipe.data.cutoff_len) if recipe.data.packing else PaddedBatcher(pad)
-    objective = get_objective(recipe.objective)
+    return fit_and_save(recipe, model, tokenizer, template, train, val, batcher, get_objective(recipe.objective),
+                        device, dtype, threads, kind="sft")
+
+
+def fit_and_save(recipe: Recipe, model: Any, tokenizer: Any, template: Template, train: Sequence[Any],
+                 val: Sequence[Any], batcher: Batcher, objective: Objective, device: torch.device,
+                 dtype: torch.dtype, threads: int, kind: str, save: Callable[[Path], None] | None = None,
+                 ) -> TrainResult:
+    """The part every fine-tuning objective shares: defaults, the plan, the loop, the saved run and summary."""
+    out = Path(recipe.out)
     chosen = resolve_defaults(recipe.optim, recipe.method, model, batcher.micro_batches_per_epoch(train, recipe.optim))
     recipe = recipe.model_copy(update={"optim": chosen.optim})  # the saved recipe repeats the run exactly
-    print_plan(model, train, val, recipe.optim, batcher, device, threads, what=recipe.method, notes=chosen.notes,
+    what = recipe.method if kind == "sft" else f"{kind} ({recipe.method})"
+    print_plan(model, train, val, recipe.optim, batcher, device, threads, what=what, notes=chosen.notes,
                objective=objective, dtype=dtype)
     run = Run(out)
     out.mkdir(parents=True, exist_ok=True)
     save_recipe(recipe, out)
     result: FitResult = fit(model, train, val, recipe.optim, out, device=device, batcher=batcher, dtype=dtype,
-                            objective=objective, resume=recipe.resume, description=f"{recipe.method} fine-tuning")
+                            objective=objective, resume=recipe.resume, description=f"{what} training")
     tokenizer.chat_template = template.jinja  # the trained format travels with the run (chat, export, vLLM)
-    model.save_pretrained(out, safe_serialization=True)
+    (save or (lambda path: model.save_pretrained(path, safe_serialization=True)))(out)
     tokenizer.save_pretrained(out)
+    last = next((r for r in reversed(read_jsonl(run.loss_log)) if "val_loss" in r), None)
+    metrics = {k: v for k, v in (last or {}).items() if k.startswith("val_") and k != "val_loss"} or None
     run.write_summary(RunSummary(
-        "sft", recipe.method, result.steps, result.train_loss, result.val_loss, result.stopped_early,
+        kind, recipe.method, result.steps, result.train_loss, result.val_loss, result.stopped_early,
         result.elapsed_s, len(train), len(val), sum(p.numel() for p in model.parameters()),
-        sum(p.numel() for p in model.parameters() if p.requires_grad)))
+        sum(p.numel() for p in model.parameters() if p.requires_grad), metrics))
     return TrainResult(out, len(train), len(val), result.steps, result.train_loss, result.val_loss,
-                       result.stopped_early, result.elapsed_s)
+                       result.stopped_early, result.elapsed_s, metrics)
