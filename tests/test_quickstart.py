@@ -13,7 +13,7 @@ from llamabrew.world import make_world, questions
 def test_quickstart_answers_held_out_questions_only_after_tuning(tmp_path: Path) -> None:
     out = tmp_path / "qs"
     res = subprocess.run([sys.executable, "-m", "llamabrew.cli", "quickstart", "--out", str(out),
-                          "--entities", "100", "--pretrain-minutes", "2"], capture_output=True, text=True,
+                          "--entities", "100", "--pretrain-minutes", "2", "--align"], capture_output=True, text=True,
                          timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
@@ -41,6 +41,11 @@ def test_quickstart_answers_held_out_questions_only_after_tuning(tmp_path: Path)
     assert judge["wins"] > 10 * max(judge["losses"], 1) and judge["win_rate_adjusted"] >= 0.7
     assert judge["ci95"][0] <= judge["win_rate_adjusted"] <= judge["ci95"][1]
     assert "judged by reference" in res.stderr and (out / "sft" / "reports" / "judge.json").is_file()
+    # --align: DPO teaches the sign-off the tuning never showed, facts kept (reduced length: 5 points of room)
+    align = summary["align"]
+    assert align["sft_signed"] <= 0.02 and align["dpo_signed"] >= 0.9, align
+    assert align["dpo_contains"] >= align["sft_contains"] - 0.05, align
+    assert "That is all." in res.stderr.split("chat demo")[-1]  # the shipped GGUF is the DPO run
 
 
 def test_world_questions_cover_every_fact_with_sentence_answers() -> None:

@@ -187,6 +187,9 @@ def quickstart(
     train_minutes: Annotated[float, Opt(help="time limit of the LoRA step with --real")] = 8.0,
     seed: Annotated[int, Opt(help="seed for the world and the runs")] = 0,
     gguf: Annotated[bool, Opt("--gguf/--no-gguf", help="also export verified GGUFs and chat through llama.cpp")] = True,
+    align: Annotated[bool, Opt("--align", help="add a DPO step: preference pairs teach an answer form the tuning "
+                                               "did not (a sign-off); before/after table; the DPO run is shipped")
+                     ] = False,
 ) -> None:
     """The whole job offline in minutes: world → pretrain → LoRA → evaluate → GGUF → chat (--real: on
     SmolLM2-135M-Instruct)."""
@@ -198,6 +201,7 @@ def quickstart(
     from llamabrew.quickstart import run as run_quickstart
 
     run_quickstart(out or Path("runs/quickstart"), entities=entities, pretrain_minutes=pretrain_minutes, seed=seed,
+                   align=align,
                    gguf=gguf)
 
 

@@ -29,6 +29,7 @@ from llamabrew.recipe import (
     DataConfig,
     ModelConfig,
     OptimConfig,
+    PreferenceConfig,
     PretrainOptimConfig,
     PretrainRecipe,
     Recipe,
@@ -40,6 +41,12 @@ BIOS_PER_PERSON = 6
 GGUF_QUANTS = ["q8_0", "q4_k_m"]
 GGUF_EVAL_LIMIT = 100  # held-out questions asked of each GGUF (the torch model answers all of them too)
 JUDGED_QUESTIONS = 80  # held-out questions the offline judge compares base and tuned on
+# --align: the answer form preference pairs teach (the tuning never shows it), in words of the world's corpus: the
+# toy base's tokenizer learnt nothing else (measured: "Hope that helps!", 10 sub-word pieces for this tokenizer,
+# reached 97.5% at DPO's default rate on a 1.5M base but came out garbled on a 1.0M one; this one: 100%, 5 pieces)
+SIGN_OFF = "That is all."
+ALIGN_PAIRS = 500
+ALIGN_EVAL_LIMIT = 200
 
 
 @dataclass
@@ -63,7 +70,7 @@ def sft_recipe(base: Path, train_file: Path, out: Path, seed: int) -> Recipe:
 
 
 def run(out: Path, entities: int = 200, pretrain_minutes: float = 4.0, seed: int = 0,
-        gguf: bool = True) -> QuickstartResult:
+        gguf: bool = True, align: bool = False) -> QuickstartResult:
     started = time.monotonic()
     if gguf:  # said now, not after minutes of training
         require("llamacpp", "llamabrew quickstart's GGUF step (--no-gguf skips it)")
@@ -102,6 +109,11 @@ def run(out: Path, entities: int = 200, pretrain_minutes: float = 4.0, seed: int
     write_jsonl(out / "held_out_answers.jsonl", scores.tuned.samples)
     held = read_jsonl(held_file)[:JUDGED_QUESTIONS]
     judged = judge_base_and_tuned(base, result.out, [(r["instruction"], r["output"]) for r in held], out / "judge")
+    shipped = result.out
+    aligned: dict[str, float] = {}
+    if align:
+        console.rule("[bold]4b DPO: preference pairs prefer answers that end with a sign-off")
+        shipped, aligned = align_step(result.out, json.loads(train_file.read_text()), held_file, out, seed)
 
     console.rule("[bold]5/6 ship: " + ("GGUF q8_0 and q4_k_m, verified against torch and scored on held-out "
                                         "questions" if gguf else "skipped (--no-gguf)"))
@@ -109,7 +121,7 @@ def run(out: Path, entities: int = 200, pretrain_minutes: float = 4.0, seed: int
     if gguf:
         from llamabrew.export import export_gguf
 
-        report = export_gguf(str(result.out), GGUF_QUANTS, out / "gguf" / "model.gguf", eval_file=held_file,
+        report = export_gguf(str(shipped), GGUF_QUANTS, out / "gguf" / "model.gguf", eval_file=held_file,
                              eval_limit=GGUF_EVAL_LIMIT, max_new_tokens=32, verbose=False)
         console.print("\n".join(report.lines()), highlight=False)
         ggufs = {r.quant: r.path for r in report.results}
@@ -120,7 +132,7 @@ def run(out: Path, entities: int = 200, pretrain_minutes: float = 4.0, seed: int
 
         engine: Engine = open_llamacpp_engine(str(ggufs["q4_k_m"]), announce=False)
     else:
-        engine = open_torch_engine(str(result.out))
+        engine = open_torch_engine(str(shipped))
     for person in held_out[:3]:
         q = questions([person], seed)[rng.randrange(len(person.facts))]
         reply = generate_text(engine, [{"role": "user", "content": q["instruction"]}], GREEDY)
@@ -130,6 +142,7 @@ def run(out: Path, entities: int = 200, pretrain_minutes: float = 4.0, seed: int
     res = QuickstartResult(scores.base.contains, scores.tuned.contains, scores.tuned.exact_match, {
         "world corpus": corpus, "base model": base, "instruction data": train_file, "held-out questions": held_file,
         "LoRA adapter": result.out, "loss curve": result.out / "loss.png",
+        **({"DPO adapter": shipped, "preference pairs": out / "data" / "pairs.jsonl"} if align else {}),
         "held-out answers": out / "held_out_answers.jsonl", "judge verdicts (base vs tuned)": judged.verdicts_path,
         **{f"GGUF {q} (+ Modelfile)": p for q, p in ggufs.items()},
     }, (time.monotonic() - started) / 60)
@@ -139,8 +152,37 @@ def run(out: Path, entities: int = 200, pretrain_minutes: float = 4.0, seed: int
         "held_out_contains_before": res.held_out_before, "held_out_contains_after": res.held_out_after,
         "held_out_exact_after": res.exact_after, "minutes": res.minutes,
         "judge": {k: judged.summary[k] for k in ("wins", "ties", "losses", "win_rate_adjusted", "ci95")},
+        **({"align": aligned} if align else {}),
         "artifacts": {k: str(v) for k, v in res.artifacts.items()}}, indent=2))
     return res
+
+
+def align_step(sft: Path, tuned_on: list[dict[str, str]], held_file: Path, out: Path, seed: int,
+               ) -> tuple[Path, dict[str, float]]:
+    """DPO from the SFT adapter: pairs whose chosen answer adds a sign-off the tuning never showed, on questions
+    about the tuned people; then held-out questions about the others, before and after: the share signed off
+    and the share whose fact is right (it must not fall)."""
+    pairs = [{"prompt": r["instruction"], "chosen": f"{r['output']} {SIGN_OFF}", "rejected": r["output"]}
+             for r in random.Random(seed + 5).sample(tuned_on, min(ALIGN_PAIRS, len(tuned_on)))]
+    write_jsonl(out / "data" / "pairs.jsonl", pairs)
+    console.print(f"{len(pairs)} pairs (chosen: the answer + \"{SIGN_OFF}\"; rejected: the answer alone) → "
+                  f"{out / 'data' / 'pairs.jsonl'}", highlight=False)
+    recipe = Recipe(model=ModelConfig(adapter=str(sft)), method="dpo", out=out / "dpo",
+                    data=DataConfig(train_files=[out / "data" / "pairs.jsonl"], cutoff_len=160),
+                    preference=PreferenceConfig(nll_weight=1.0), optim=OptimConfig(seed=seed, max_minutes=3))
+    dpo = train.run(recipe).out
+    figures: dict[str, float] = {}
+    table = Table(title=f"held-out questions (first {ALIGN_EVAL_LIMIT}) before and after DPO")
+    for col in ("model", "ends with the sign-off", "fact right (contains)"):
+        table.add_column(col)
+    for name, run_dir in (("sft", sft), ("dpo", dpo)):
+        report = evaluate.run(str(run_dir), held_file, max_new_tokens=48, batch_size=32, limit=ALIGN_EVAL_LIMIT,
+                              save=name == "dpo").tuned
+        figures[f"{name}_signed"] = sum(s["answer"].strip().endswith(SIGN_OFF) for s in report.samples) / report.n
+        figures[f"{name}_contains"] = report.contains
+        table.add_row(f"{name} ({run_dir.name})", f"{figures[f'{name}_signed']:.1%}", f"{report.contains:.1%}")
+    console.print(table)
+    return dpo, figures
 
 
 def judge_base_and_tuned(base: Path, tuned: Path, asked: list[tuple[str, str]], out: Path,

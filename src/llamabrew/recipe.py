@@ -96,6 +96,8 @@ class PreferenceConfig(Section):
     loss: Literal["sigmoid", "ipo", "hinge", "simpo"] = Field("sigmoid", description="sigmoid (DPO), ipo, "
                                                                "hinge, or simpo (SimPO: no reference model)")
     simpo_gamma: float = Field(0.5, ge=0, description="SimPO's target margin")
+    nll_weight: float = Field(0.0, ge=0, description="add this times the chosen answer's NLL (RPO; keeps "
+                              "DPO from pushing both answers down)")
 
 
 class GRPOConfig(Section):

@@ -70,6 +70,35 @@ def test_sigkill_then_resume_reaches_the_same_weights_and_loss(tmp_path: Path, t
     assert all((wa[k] == wb[k]).all() for k in wa)
 
 
+def test_a_dpo_run_killed_and_resumed_ends_like_an_uninterrupted_one(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """The preference objective goes through the same loop: its resume is as exact (the frozen reference too)."""
+    from export.conftest import make_lora_run
+
+    sft = make_lora_run(tiny_model_dir, tmp_path / "sft", template="alpaca_short")
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"prompt": f"Add {a} and {b}.", "chosen": f"{a} + {b} = {a + b}.",
+                                         "rejected": f"{a + b + 1}"}) + "\n" for a in range(8) for b in range(6)))
+
+    def args(out: Path) -> list[str]:
+        return [*LLAMABREW, "train", "--method", "dpo", "--adapter", str(sft), "--data", str(pairs), "--out",
+                str(out), "--max-steps", "40", "--save-every", "4", "--eval-every", "10", "--micro-batch-size",
+                "4", "--grad-accum", "1", "--lora-dropout", "0.1", "--threads", "1", "--seed", "7"]
+
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(args(straight), check=True, env=env, capture_output=True)
+    kill_after_checkpoint(args(killed), killed, env)
+    resumed = subprocess.run([*args(killed), "--resume"], env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = losses(straight), losses(killed)
+    assert [r["step"] for r in b] == [r["step"] for r in a] == list(range(1, 41))
+    assert b[-1]["loss"] == a[-1]["loss"] and b[-1]["val_accuracy"] == a[-1]["val_accuracy"]
+    assert a[-1]["margin"] != 0  # it trained
+    wa = load_file(str(straight / "adapter_model.safetensors"))
+    wb = load_file(str(killed / "adapter_model.safetensors"))
+    assert wa.keys() == wb.keys() and all((wa[k] == wb[k]).all() for k in wa)
+
+
 def test_training_into_a_run_with_checkpoints_needs_resume(tmp_path: Path, tiny_model_dir: Path) -> None:
     data = write_data(tmp_path / "add.json")
     out = tmp_path / "run"

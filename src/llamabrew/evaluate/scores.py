@@ -7,33 +7,17 @@ judge (pairwise and single grades) plugs in beside them.
 from __future__ import annotations
 
 import math
-import re
-import string
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from llamabrew.data.encode import encode_examples
 from llamabrew.data.formats import Example
+from llamabrew.data.match import contains_match as contains_match  # re-exported: the scorers' home
+from llamabrew.data.match import exact_match as exact_match
+from llamabrew.data.match import normalize as normalize
 from llamabrew.engines.torch_engine import TorchEngine
 from llamabrew.train.loss import collate, mean_loss
-
-_TRAILING = re.compile(rf"[\s{re.escape(string.punctuation)}]+$")
-
-
-def normalize(text: str) -> str:
-    """Trim, lower-case, collapse spaces and drop trailing punctuation, so 'Teal.' matches 'teal'."""
-    return _TRAILING.sub("", " ".join(text.strip().lower().split()))
-
-
-def exact_match(prediction: str, expected: str) -> bool:
-    return normalize(prediction) == normalize(expected)
-
-
-def contains_match(prediction: str, expected: str) -> bool:
-    target = normalize(expected)
-    return bool(target) and target in normalize(prediction)
-
 
 SCORERS: dict[str, Callable[[str, str], bool]] = {"exact": exact_match, "contains": contains_match}
 

@@ -7,6 +7,8 @@ trains a scalar head with LoRA (``AutoModelForSequenceClassification`` + PEFT lo
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -14,6 +16,7 @@ import torch
 from llamabrew.data.batching import PairBatcher
 from llamabrew.data.encode import EncodedPair, encode_pairs
 from llamabrew.data.preference import PreferencePair, load_pairs
+from llamabrew.data.templates import Template, get_template
 from llamabrew.errors import LlamabrewError
 from llamabrew.models import _hub_error, load_causal_lm, load_tokenizer, pick_device, pick_dtype, set_threads
 from llamabrew.progress import progress_bar
@@ -40,18 +43,40 @@ def load_preference_data(recipe: Recipe, tokenizer: Any, template: Any
     return encoded[0], encoded[1]
 
 
-def _policy(recipe: Recipe, dtype: torch.dtype) -> Any:
-    """The causal LM to tune: the SFT adapter continued (with its frozen copy as DPO's reference), or a fresh
-    LoRA on the base (the base with adapters disabled is then the reference)."""
+def load_policy(recipe: Recipe, dtype: torch.dtype, reference: bool = True) -> Any:
+    """The causal LM to tune: the SFT adapter continued (with, if ``reference``, its frozen copy as the
+    reference of DPO or GRPO's KL term), or a fresh LoRA on the base (the base with adapters disabled is then
+    the reference)."""
     from peft import PeftModel
 
     model = load_causal_lm(recipe.model.base, dtype, recipe.model.trust_remote_code, recipe.model.quantize_4bit)
     if not recipe.model.adapter:
         return attach_lora(model, recipe)
     model = PeftModel.from_pretrained(model, recipe.model.adapter, is_trainable=True)
-    if recipe.preference.loss != "simpo":  # SimPO needs no reference
+    if reference:
         model.load_adapter(recipe.model.adapter, adapter_name=REFERENCE_ADAPTER, is_trainable=False)
     return model
+
+
+def save_trained_adapter(model: Any) -> Callable[[Path], None]:
+    """Save only the adapter being trained, never the frozen reference beside it."""
+    return lambda out: model.save_pretrained(out, safe_serialization=True, selected_adapters=["default"])
+
+
+def start_run(recipe: Recipe) -> tuple[Recipe, Any, Template, int]:
+    """(recipe, tokenizer, template, threads) for a run that may continue an SFT adapter: the tokenizer is the
+    adapter's, and an ``auto`` template becomes the one the SFT run was taught (its answers' format)."""
+    if recipe.method != "lora":
+        raise LlamabrewError(f"{recipe.objective} trains a LoRA adapter: drop --method full")
+    recipe = check_start(recipe)
+    threads = set_threads(recipe.optim.threads)
+    start = recipe.model.adapter or recipe.model.base
+    assert start is not None and recipe.model.base is not None
+    tokenizer = load_tokenizer(start, recipe.model.trust_remote_code)
+    if recipe.model.adapter and recipe.data.template == "auto":
+        recipe = recipe.model_copy(deep=True)
+        recipe.data.template = Run(recipe.model.adapter).template_name()
+    return recipe, tokenizer, get_template(recipe.data.template, tokenizer), threads
 
 
 def _reward_model(recipe: Recipe, dtype: torch.dtype, pad_id: int) -> Any:
@@ -71,19 +96,7 @@ def _reward_model(recipe: Recipe, dtype: torch.dtype, pad_id: int) -> Any:
 
 def run_preference(recipe: Recipe) -> TrainResult:
     """`--method dpo` or `--method reward`: pairs in, a LoRA adapter (and, for reward, its head) out."""
-    if recipe.method != "lora":
-        raise LlamabrewError(f"{recipe.objective} trains a LoRA adapter: drop --method full")
-    recipe = check_start(recipe)
-    threads = set_threads(recipe.optim.threads)
-    start = recipe.model.adapter or recipe.model.base
-    assert start is not None and recipe.model.base is not None
-    tokenizer = load_tokenizer(start, recipe.model.trust_remote_code)
-    if recipe.model.adapter and recipe.data.template == "auto":  # answer in the format the SFT run was taught
-        recipe = recipe.model_copy(deep=True)
-        recipe.data.template = Run(recipe.model.adapter).template_name()
-    from llamabrew.data.templates import get_template
-
-    template = get_template(recipe.data.template, tokenizer)
+    recipe, tokenizer, template, threads = start_run(recipe)
     train, val = load_preference_data(recipe, tokenizer, template)
     device = pick_device()
     dtype = pick_dtype(recipe.optim.precision, device)
@@ -92,12 +105,10 @@ def run_preference(recipe: Recipe) -> TrainResult:
     if recipe.objective == "reward":
         model, objective = _reward_model(recipe, load_dtype, tokenizer.pad_token_id), RewardBT()
     else:
-        model = _policy(recipe, load_dtype)
+        model = load_policy(recipe, load_dtype, reference=recipe.preference.loss != "simpo")  # SimPO has none
         p = recipe.preference
-        objective = DPO(beta=p.beta, loss=p.loss, simpo_gamma=p.simpo_gamma)
+        objective = DPO(beta=p.beta, loss=p.loss, simpo_gamma=p.simpo_gamma, nll_weight=p.nll_weight)
     if not recipe.model.quantize_4bit:
         model.to(device)
     return fit_and_save(recipe, model, tokenizer, template, train, val, PairBatcher(tokenizer.pad_token_id),
-                        objective, device, dtype, threads, kind=recipe.objective,
-                        save=lambda out: model.save_pretrained(out, safe_serialization=True,
-                                                               selected_adapters=["default"]))
+                        objective, device, dtype, threads, kind=recipe.objective, save=save_trained_adapter(model))

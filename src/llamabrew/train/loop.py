@@ -196,7 +196,8 @@ def fit(
             if progress.step % save_every == 0 or done:
                 save_checkpoint(ckpt_root, model, optimizer, scheduler, progress, cfg.keep_checkpoints)
             losses.append(last_train)
-            if not warned and (warning := stall_warning(losses, n_steps, cfg.learning_rate or 0.0)):
+            if not warned and getattr(objective, "loss_falls", True) and (
+                    warning := stall_warning(losses, n_steps, cfg.learning_rate or 0.0)):
                 log.warning(warning)
                 warned = True
             info = f"loss {last_train:.3f}" + (f" val {last_val:.3f}" if last_val is not None else "")

@@ -61,12 +61,15 @@ def as_reference(model: torch.nn.Module) -> Iterator[None]:
 class DPO:
     """Direct preference optimisation (Rafailov et al. 2023) and its IPO / hinge variants; ``simpo`` is SimPO
     (Meng et al. 2024): length-normalised log-probs, a target margin ``gamma``, no reference model.
+    ``nll_weight`` adds the chosen answer's mean token NLL (RPO, Pang et al. 2024; Llama 3's DPO): on small models
+    DPO alone tends to push both answers down until the policy degenerates, and the NLL term holds the chosen one.
 
-    Losses match TRL's DPOTrainer (tests/train/test_preference.py compares them on the same pairs)."""
+    Losses match TRL's DPOTrainer (tests/train/test_align.py compares them on the same pairs)."""
 
     beta: float = 0.1
     loss: str = "sigmoid"
     simpo_gamma: float = 0.5  # SimPO's target reward margin (in units of beta-scaled mean log-prob)
+    nll_weight: float = 0.0  # + weight × the chosen answer's mean token NLL (RPO; Llama 3 used 0.2)
 
     def __post_init__(self) -> None:
         if self.loss not in DPO_LOSSES:
@@ -93,8 +96,12 @@ class DPO:
                 avg = chosen_ratio / n_chosen.clamp(min=1) - rejected_ratio / n_rejected.clamp(min=1)
                 per_pair = (avg - 1 / (2 * self.beta)) ** 2
             rewards_c, rewards_r = self.beta * chosen_ratio.detach(), self.beta * rejected_ratio.detach()
+        nll = -chosen / n_chosen.clamp(min=1)
+        if self.nll_weight:
+            per_pair = per_pair + self.nll_weight * nll
         return ObjectiveOutput(per_pair.sum(), int(per_pair.numel()), pair_metrics(rewards_c, rewards_r, {
-            "logps_chosen": float(chosen.detach().mean()), "logps_rejected": float(rejected.detach().mean())}))
+            "logps_chosen": float(chosen.detach().mean()), "logps_rejected": float(rejected.detach().mean()),
+            "nll_chosen": float(nll.detach().mean())}))
 
 
 def pair_metrics(chosen: torch.Tensor, rejected: torch.Tensor, extra: dict[str, float] | None = None,

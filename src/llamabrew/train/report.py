@@ -26,8 +26,9 @@ def write_loss_plot(log_path: Path, png_path: Path) -> Path | None:
     if val:
         ax.plot(*zip(*val, strict=True), "o-", label="validation", markersize=3)
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss (nats/token)")
-    ax.set_yscale("log")
+    ax.set_ylabel("loss")
+    if all(v > 0 for _, v in train + val):  # GRPO's loss crosses zero: a log axis would show nothing
+        ax.set_yscale("log")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

@@ -161,7 +161,8 @@ def fit_and_save(recipe: Recipe, model: Any, tokenizer: Any, template: Template,
                  ) -> TrainResult:
     """The part every fine-tuning objective shares: defaults, the plan, the loop, the saved run and summary."""
     out = Path(recipe.out)
-    chosen = resolve_defaults(recipe.optim, recipe.method, model, batcher.micro_batches_per_epoch(train, recipe.optim))
+    rate_of = recipe.objective if recipe.objective in ("dpo", "grpo") else recipe.method
+    chosen = resolve_defaults(recipe.optim, rate_of, model, batcher.micro_batches_per_epoch(train, recipe.optim))
     recipe = recipe.model_copy(update={"optim": chosen.optim})  # the saved recipe repeats the run exactly
     what = recipe.method if kind == "sft" else f"{kind} ({recipe.method})"
     print_plan(model, train, val, recipe.optim, batcher, device, threads, what=what, notes=chosen.notes,
