@@ -70,3 +70,16 @@ def test_pairs_encode_with_shared_prompt_and_only_the_last_answer_as_target(tmp_
         assert targets[-1] == tiny_tokenizer.eos_token_id
     first_target = enc.chosen.labels.index(next(lab for lab in enc.chosen.labels if lab != IGNORE))
     assert enc.chosen.input_ids[:first_target] == enc.rejected.input_ids[:first_target]  # the same prompt
+
+
+def test_openassistant_ranked_pairs_load_as_preference_pairs(tmp_path: Path):
+    """`llamabrew data convert --to pairs` writes what the preference loader reads (TRL's conversational
+    layout, prompts that end with the user's turn)."""
+    from data.test_convert import OASST, write
+
+    from llamabrew.data.convert import convert
+    from llamabrew.data.preference import load_pairs
+
+    convert(write(tmp_path / "oa.jsonl", OASST), tmp_path / "pairs.jsonl", "pairs", lang="en")
+    pairs = load_pairs(tmp_path / "pairs.jsonl")
+    assert pairs and all(p.prompt[-1].role == "user" and p.chosen != p.rejected for p in pairs)

@@ -150,3 +150,19 @@ def test_dpo_from_an_sft_adapter_moves_the_margin_then_merges_and_exports(tiny_m
     assert Run(res.out).template_name() == "alpaca"  # it answers in the SFT run's format
     report = export_gguf(str(res.out), "f16", tmp_path / "dpo.gguf", verbose=False, modelfile=False)
     assert report.results[0].check.passed, report.results[0].check.summary()
+
+
+def test_simpo_needs_no_reference_and_learns_the_preference(tiny_model_dir: Path, tmp_path: Path):
+    from export.conftest import make_lora_run
+
+    from llamabrew import train
+    from llamabrew.recipe import PreferenceConfig
+
+    sft = make_lora_run(tiny_model_dir, tmp_path / "sft", template="alpaca")
+    recipe = train_recipe(tmp_path, "dpo", tiny_pairs(60), adapter=str(sft))
+    recipe = recipe.model_copy(update={"preference": PreferenceConfig(loss="simpo", beta=2.0, simpo_gamma=0.5)})
+    res = train.run(recipe)
+    log = [json.loads(line) for line in (res.out / "loss.jsonl").read_text().splitlines()]
+    assert res.metrics["val_accuracy"] >= 0.9 and res.metrics["val_margin"] > log[0]["margin"], res.metrics
+    assert res.train_loss < log[0]["loss"]
+
