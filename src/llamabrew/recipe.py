@@ -75,6 +75,8 @@ class OptimConfig(Section):
     max_minutes: float | None = Field(None, gt=0, description="stop cleanly and save when the time is up")
     seed: int = Field(42, description="seed for data order, init and dropout")
     threads: int | None = Field(None, gt=0, description="CPU threads (default: free cores)")
+    loss_chunk_tokens: int = Field(0, ge=0, description="compute the loss this many target tokens at a time, "
+                                   "never the whole fp32 logits (large vocabularies); 0: all at once")
 
 
 class PretrainOptimConfig(OptimConfig):

@@ -57,11 +57,38 @@ def model_inputs(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict
     return inputs
 
 
+def decoder_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module] | None:
+    """The transformer body (hidden states out) and the output projection of a Hugging Face causal LM, PEFT
+    wrapped or not; None where the logits are more than ``head(hidden)`` (soft-capped logits, as Gemma 2's)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = getattr(base, "config", None)
+    if getattr(config, "final_logit_softcapping", None):
+        return None
+    decoder = getattr(base, getattr(base, "base_model_prefix", "model"), None)
+    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    return (decoder, head) if isinstance(decoder, torch.nn.Module) and isinstance(head, torch.nn.Module) else None
+
+
+def _summed_ce(head: torch.nn.Module, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(head(hidden).float(), labels, reduction="sum")
+
+
 class CausalLM:
     """Summed next-token cross-entropy over the tokens whose label is not IGNORE (supervised fine-tuning and
-    pretraining alike: the labels decide what is trained on)."""
+    pretraining alike: the labels decide what is trained on).
+
+    With ``chunk_tokens``, the logits are made ``chunk_tokens`` target positions at a time from the hidden states,
+    and each chunk is recomputed in the backward pass instead of kept: the fp32 ``[tokens, vocab]`` logits never
+    exist whole (a 128K vocabulary makes them the largest tensor of a step), and prompt positions get no logits
+    at all. Same loss and gradients as the plain path (tests/train/test_objective.py)."""
+
+    def __init__(self, chunk_tokens: int = 0) -> None:
+        self.chunk_tokens = chunk_tokens
 
     def __call__(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> ObjectiveOutput:
+        parts = decoder_and_head(model) if self.chunk_tokens else None
+        if parts is not None:
+            return self._chunked(model, batch, *parts)
         logits = model(**model_inputs(model, batch), use_cache=False).logits
         shift_logits = logits[:, :-1].float()
         shift_labels = batch["labels"][:, 1:]
@@ -70,6 +97,20 @@ class CausalLM:
             reduction="sum",
         )
         return ObjectiveOutput(loss, target_tokens(batch))
+
+    def _chunked(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], decoder: torch.nn.Module,
+                 head: torch.nn.Module) -> ObjectiveOutput:
+        from torch.utils.checkpoint import checkpoint
+
+        hidden = decoder(**model_inputs(model, batch), use_cache=False).last_hidden_state[:, :-1]
+        labels = batch["labels"][:, 1:].reshape(-1)
+        keep = labels != IGNORE
+        hidden, labels = hidden.reshape(-1, hidden.size(-1))[keep], labels[keep]
+        loss = hidden.new_zeros((), dtype=torch.float32)
+        for i in range(0, labels.numel(), self.chunk_tokens):
+            chunk = slice(i, i + self.chunk_tokens)
+            loss = loss + checkpoint(_summed_ce, head, hidden[chunk], labels[chunk], use_reentrant=False)
+        return ObjectiveOutput(loss, int(labels.numel()))
 
 
 OBJECTIVES: dict[str, Callable[[], Objective]] = {"sft": CausalLM}

@@ -24,7 +24,7 @@ from llamabrew.run import Run, RunSummary
 from llamabrew.train.checkpoint import list_checkpoints
 from llamabrew.train.defaults import resolve as resolve_defaults
 from llamabrew.train.loop import FitResult, fit
-from llamabrew.train.objective import Objective, get_objective
+from llamabrew.train.objective import CausalLM, Objective
 from llamabrew.train.plan import print_plan
 
 log = logging.getLogger(__name__)
@@ -151,8 +151,9 @@ def run(recipe: Recipe) -> TrainResult:
         model.to(device)
     pad = tokenizer.pad_token_id
     batcher = PackedBatcher(pad, recipe.data.cutoff_len) if recipe.data.packing else PaddedBatcher(pad)
-    return fit_and_save(recipe, model, tokenizer, template, train, val, batcher, get_objective(recipe.objective),
-                        device, dtype, threads, kind="sft")
+    objective = CausalLM(recipe.optim.loss_chunk_tokens)
+    return fit_and_save(recipe, model, tokenizer, template, train, val, batcher, objective, device, dtype, threads,
+                        kind="sft")
 
 
 def fit_and_save(recipe: Recipe, model: Any, tokenizer: Any, template: Template, train: Sequence[Any],
