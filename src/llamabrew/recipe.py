@@ -77,6 +77,10 @@ class OptimConfig(Section):
     threads: int | None = Field(None, gt=0, description="CPU threads (default: free cores)")
     loss_chunk_tokens: int = Field(0, ge=0, description="compute the loss this many target tokens at a time, "
                                    "never the whole fp32 logits (large vocabularies); 0: all at once")
+    price_per_hour: float | None = Field(None, ge=0, description="what an hour of this machine costs in USD "
+                                         "(default: $LLAMABREW_USD_PER_HOUR); shown in the plan and the summary")
+    budget_usd: float | None = Field(None, gt=0, description="stop cleanly, with a checkpoint, once the time spent "
+                                     "costs this much at price_per_hour (resumed runs count what came before)")
 
 
 class PretrainOptimConfig(OptimConfig):

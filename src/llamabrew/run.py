@@ -55,6 +55,8 @@ class RunSummary:
     params: int | None = None
     trainable_params: int | None = None
     metrics: dict[str, float] | None = None  # the objective's own final figures (reward accuracy, margins, ...)
+    device_hours: float | None = None  # wall time × devices
+    cost_usd: float | None = None  # device-hours × the machine's price, when it was given
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunSummary:

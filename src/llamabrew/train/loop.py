@@ -28,6 +28,7 @@ from llamabrew.progress import progress_bar
 from llamabrew.recipe import OptimConfig
 from llamabrew.run import Run
 from llamabrew.train.checkpoint import LoopProgress, list_checkpoints, load_checkpoint, save_checkpoint
+from llamabrew.train.cost import budget_seconds
 from llamabrew.train.objective import CausalLM, Objective, evaluate_objective
 from llamabrew.train.report import write_loss_plot
 
@@ -154,6 +155,7 @@ def fit(
     last_train = next((r["loss"] for r in reversed(kept) if "loss" in r), None)
     last_val = next((r["val_loss"] for r in reversed(kept) if "val_loss" in r), None)
     losses: list[float] = []  # this session's step losses, to notice a run that is not learning
+    budget_s = budget_seconds(cfg)
     warned = False
     with progress_bar() as bar:
         task = bar.add_task(description, total=n_steps, completed=progress.step, unit="tok", info="")
@@ -185,7 +187,8 @@ def fit(
             record = {"step": progress.step, "loss": round(last_train, 6), "lr": scheduler.get_last_lr()[0],
                       "grad_norm": round(float(grad_norm), 4), "tokens": progress.tokens}
             record |= {k: v for k, v in mean_metrics(extra).items() if k not in record}
-            out_of_time = cfg.max_minutes is not None and progress.elapsed_s >= cfg.max_minutes * 60
+            out_of_time = (cfg.max_minutes is not None and progress.elapsed_s >= cfg.max_minutes * 60) or (
+                budget_s is not None and progress.elapsed_s >= budget_s)
             done = progress.step >= n_steps or out_of_time
             if val_batches and (progress.step % eval_every == 0 or done):
                 last_val, val_metrics = evaluate_objective(model, val_batches, device, objective)
@@ -204,6 +207,9 @@ def fit(
             bar.update(task, completed=progress.step, rate=step_tokens / max(time.monotonic() - t0, 1e-9), info=info)
             if out_of_time and progress.step < n_steps:
                 stopped_early = True
+                if budget_s is not None and progress.elapsed_s >= budget_s:
+                    log.warning(f"budget ${cfg.budget_usd:g} spent after {progress.step} of {n_steps} steps: stopped "
+                                "with a checkpoint; raise --budget-usd and pass --resume to go on")
                 break
     write_loss_plot(log_path, run.loss_plot)
     return FitResult(progress.step, last_train, last_val, stopped_early, progress.elapsed_s)

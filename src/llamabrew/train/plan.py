@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -13,11 +12,11 @@ import torch
 from llamabrew.data.batching import Batcher, PackedBatcher, to_device
 from llamabrew.data.encode import Encoded
 from llamabrew.recipe import OptimConfig
+from llamabrew.train.cost import hourly_price
 from llamabrew.train.loop import autocast_for, steps_per_epoch, total_steps
 from llamabrew.train.objective import CausalLM, Objective
 
 log = logging.getLogger(__name__)
-GPU_PRICE_ENV = "LLAMABREW_USD_PER_HOUR"  # what an hour of this machine costs, for the $ line of the plan
 
 
 @dataclass
@@ -113,8 +112,10 @@ def print_plan(model: torch.nn.Module, train: Sequence[Encoded], val: Sequence[E
     if cfg.max_minutes:
         est = min(est, cfg.max_minutes * 60)
     cost = ""
-    if price := os.environ.get(GPU_PRICE_ENV):
-        cost = f", about ${float(price) * est / 3600:.2f} at ${float(price)}/h"
+    if (price := hourly_price(cfg)) is not None:
+        cost = f", about ${price * est / 3600:.2f} at ${price:g}/h"
+        if cfg.budget_usd is not None:
+            cost += f" (budget ${cfg.budget_usd:g}: stops after {format_duration(cfg.budget_usd / price * 3600)})"
     rows = "packed rows" if isinstance(batcher, PackedBatcher) else "examples"
     log.info(
         f"plan {what}: {n_params / 1e6:.2f}M parameters ({n_train / 1e6:.3f}M trainable) on {device.type}"

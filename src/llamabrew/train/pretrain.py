@@ -29,6 +29,7 @@ from llamabrew.models import pick_device, pick_dtype, set_threads
 from llamabrew.recipe import PretrainRecipe, save_recipe
 from llamabrew.run import Run, RunSummary
 from llamabrew.train.checkpoint import list_checkpoints
+from llamabrew.train.cost import budget_seconds, run_cost
 from llamabrew.train.loop import autocast_for, fit, steps_per_epoch
 from llamabrew.train.objective import CausalLM
 from llamabrew.train.plan import format_duration
@@ -172,7 +173,7 @@ def plan_model(train: list[Encoded], tokenizer: Any, recipe: PretrainRecipe, bat
                device: torch.device, dtype: torch.dtype = torch.float32) -> PretrainPlan:
     """Choose the shape (or honour --params) and the number of steps that fit the time budget."""
     optim = recipe.optim
-    budget = (optim.max_minutes or 60.0) * 60 * TIME_MARGIN
+    budget = min((optim.max_minutes or 60.0) * 60, budget_seconds(optim) or math.inf) * TIME_MARGIN  # time or $
     per_epoch = steps_per_epoch(train, optim, batcher)
     wanted_steps = optim.max_steps or math.ceil(optim.epochs * per_epoch)
     candidates = [(h, n, llama_config(h, n, tokenizer, recipe.seq_len)) for h, n in SHAPES]
@@ -197,6 +198,7 @@ def run(recipe: PretrainRecipe) -> Path:
     from transformers import AutoTokenizer, LlamaForCausalLM
 
     out, run_dir = Path(recipe.out), Run(recipe.out)
+    budget_seconds(recipe.optim)  # a budget without a price fails now
     if list_checkpoints(run_dir.checkpoints) and not recipe.resume:
         raise LlamabrewError(f"{out} already holds checkpoints: pass --resume to continue, or choose another --out")
     threads = set_threads(recipe.optim.threads)
@@ -241,5 +243,5 @@ def run(recipe: PretrainRecipe) -> Path:
     tokenizer.save_pretrained(out)
     run_dir.write_summary(RunSummary("pretrain", "full", result.steps, result.train_loss, result.val_loss,
                                      result.stopped_early, result.elapsed_s, len(train), len(val), plan.params,
-                                     plan.params))
+                                     plan.params, None, *run_cost(recipe.optim, result.elapsed_s)))
     return out

@@ -22,6 +22,7 @@ from llamabrew.progress import progress_bar
 from llamabrew.recipe import Recipe, save_recipe
 from llamabrew.run import Run, RunSummary
 from llamabrew.train.checkpoint import list_checkpoints
+from llamabrew.train.cost import budget_seconds, run_cost
 from llamabrew.train.defaults import resolve as resolve_defaults
 from llamabrew.train.loop import FitResult, fit
 from llamabrew.train.objective import CausalLM, Objective
@@ -119,6 +120,7 @@ def check_start(recipe: Recipe) -> Recipe:
     if Path(recipe.model.base).is_dir():
         recipe = recipe.model_copy(deep=True)
         recipe.model.base = str(Path(recipe.model.base).resolve())
+    budget_seconds(recipe.optim)  # a budget without a price fails now, not after the model has loaded
     if list_checkpoints(Run(recipe.out).checkpoints) and not recipe.resume:
         raise LlamabrewError(f"{recipe.out} already holds checkpoints: pass --resume to continue, or choose "
                              "another --out")
@@ -181,6 +183,7 @@ def fit_and_save(recipe: Recipe, model: Any, tokenizer: Any, template: Template,
     run.write_summary(RunSummary(
         kind, recipe.method, result.steps, result.train_loss, result.val_loss, result.stopped_early,
         result.elapsed_s, len(train), len(val), sum(p.numel() for p in model.parameters()),
-        sum(p.numel() for p in model.parameters() if p.requires_grad), metrics))
+        sum(p.numel() for p in model.parameters() if p.requires_grad), metrics,
+        *run_cost(recipe.optim, result.elapsed_s)))
     return TrainResult(out, len(train), len(val), result.steps, result.train_loss, result.val_loss,
                        result.stopped_early, result.elapsed_s, metrics)
