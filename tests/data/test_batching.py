@@ -175,3 +175,25 @@ def test_packing_without_the_block_mask_gives_another_loss(tiny_llama: torch.nn.
     with torch.no_grad():
         right, wrong = float(CausalLM()(tiny_llama, b).loss), float(CausalLM()(tiny_llama, plain).loss)
     assert abs(right - wrong) > 1e-3
+
+
+def test_packed_and_padded_batches_of_the_same_examples_give_the_same_gradients(tiny_llama: torch.nn.Module) -> None:
+    """The fast path computes the same thing: one packed micro-batch and one padded micro-batch of the same
+    examples give the same summed loss and the same gradient on every weight."""
+    train = make_examples(8, seed=5, vocab=tiny_llama.config.vocab_size)
+    cfg = OptimConfig(micro_batch_size=8, seed=0)
+    packer = PackedBatcher(pad_id=0, row_len=64)
+    packed = packer.eval_batches(train, cfg)
+    assert len(packed) == 1 and packed[0]["input_ids"].shape[0] < len(train)  # rows hold several examples
+    padded = PaddedBatcher(0).eval_batches(train, cfg)[0]
+
+    def loss_and_grads(batch: dict) -> tuple[float, list[torch.Tensor]]:
+        tiny_llama.zero_grad()
+        out = CausalLM()(tiny_llama, batch)
+        out.loss.backward()
+        return float(out.loss), [p.grad.clone() for p in tiny_llama.parameters()]
+
+    (loss_a, grads_a), (loss_b, grads_b) = loss_and_grads(packed[0]), loss_and_grads(padded)
+    assert loss_a == pytest.approx(loss_b, rel=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-5, rtol=1e-4) for a, b in zip(grads_a, grads_b, strict=True))
+    tiny_llama.zero_grad()
