@@ -45,9 +45,11 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
-    """Debian's Chromium driven by Playwright (no `playwright install`: there is no network), for the pages' tests."""
+    """Debian's Chromium driven by Playwright (no `playwright install`: there is no network), for the pages' tests.
+    Per module: Playwright's sync API keeps an event loop running on this thread while it is open, and the tests
+    after a page module call `asyncio.run`."""
     if not CHROMIUM.is_file():
         pytest.fail(f"{CHROMIUM} is missing: the web pages' tests need Debian's browser (apt-get install chromium)")
     try:

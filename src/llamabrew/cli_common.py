@@ -126,3 +126,15 @@ def recipe_flags(cls: type[BaseModel], flags: Flags) -> Callable[[F], F]:
         return wrapper  # type: ignore[return-value]
 
     return decorate
+
+
+def is_local(host: str) -> bool:
+    """Whether a server listening on ``host`` is reachable only from this machine (no key needed)."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -78,3 +78,11 @@ def test_bad_sources_are_one_line(tmp_path: Path):
     notdb.write_bytes(b"this is not sqlite" * 100)
     res = runner.invoke(app, ["leaderboard", str(notdb)])
     assert res.exit_code == 2 and "not a vote database" in res.output
+    import sqlite3  # someone else's database: refused, and left as it was (no arena tables added)
+
+    other = tmp_path / "shop.db"
+    with sqlite3.connect(other) as db:
+        db.execute("CREATE TABLE orders (id INTEGER)")
+    before = other.read_bytes()
+    res = runner.invoke(app, ["leaderboard", str(other)])
+    assert res.exit_code == 2 and "no arena votes in it" in res.output and other.read_bytes() == before

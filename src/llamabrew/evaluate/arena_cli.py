@@ -3,13 +3,12 @@ votes into preference pairs for DPO."""
 
 from __future__ import annotations
 
-import ipaddress
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from llamabrew.cli_common import console, friendly_errors
+from llamabrew.cli_common import console, friendly_errors, is_local
 from llamabrew.errors import LlamabrewError
 from llamabrew.evaluate.questions import Answer, Question, load_answers, load_questions
 from llamabrew.extras import require
@@ -22,15 +21,6 @@ QuestionsOpt = Annotated[str | None, Opt("--questions", help="questions JSONL (F
 AOpt = Annotated[Path | None, Opt("--a", help="answers JSONL of one model", show_default=False)]
 BOpt = Annotated[Path | None, Opt("--b", help="answers JSONL of the other model", show_default=False)]
 DbOpt = Annotated[Path, Opt("--db", help="the SQLite vote database (the arena creates it)")]
-
-
-def is_local(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def load_pair(questions: str | None, a: Path | None, b: Path | None

@@ -18,6 +18,7 @@ from llamabrew.data.preference import write_pairs
 from llamabrew.data.teacher import Teacher, TeacherConfig, Usage, read_summary
 from llamabrew.engines import Sampling
 from llamabrew.errors import LlamabrewError
+from llamabrew.evaluate.answers import greedy
 from llamabrew.evaluate.judge import JudgeBackend, judge_answers
 from llamabrew.evaluate.judge_report import pairwise_games, pairwise_summary, single_summary
 from llamabrew.evaluate.pairs import pairs_from_games
@@ -40,9 +41,9 @@ class AnswerSettings:
     template: str | None = None
 
     def sampling(self) -> Sampling:
-        greedy = self.temperature <= 0
-        return Sampling(max_new_tokens=self.max_new_tokens, temperature=self.temperature,
-                        top_p=1.0 if greedy else 0.9, top_k=0 if greedy else 40, repetition_penalty=1.0)
+        if self.temperature <= 0:
+            return greedy(self.max_new_tokens)
+        return Sampling(max_new_tokens=self.max_new_tokens, temperature=self.temperature, repetition_penalty=1.0)
 
 
 @dataclass

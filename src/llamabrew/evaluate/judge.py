@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from llamabrew.data.teacher import BudgetExhausted, Completion, Usage
-from llamabrew.errors import LlamabrewError
+from llamabrew.errors import InputError, LlamabrewError
 from llamabrew.evaluate import judge_prompts as prompts
 from llamabrew.evaluate.questions import Answer, Question, read_appended
 from llamabrew.io import append_jsonl
@@ -162,8 +162,6 @@ async def _judge_tasks(backend: JudgeBackend, tasks: list[Task], *, mode: str, j
 
 
 def read_verdicts(path: Path) -> list[dict[str, Any]]:
-    from llamabrew.errors import InputError
-
     out = []
     for rec, line in read_appended(path):
         if rec.get("mode") not in MODES or not isinstance(rec.get("key"), str):

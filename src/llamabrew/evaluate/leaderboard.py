@@ -25,7 +25,7 @@ def load_games(paths: list[str | Path]) -> tuple[list[Game], list[Game]]:
         if p.suffix in DB_SUFFIXES:
             from llamabrew.evaluate.votes import VoteStore
 
-            human += VoteStore(p).games()
+            human += VoteStore(p, create=False).games()
             continue
         records = read_verdicts(p)
         if records and all(r["mode"] == "single" for r in records):

@@ -79,8 +79,14 @@ def _key(qid: int | str) -> str:
 
 
 class VoteStore:
-    def __init__(self, path: str | Path, rng: random.Random | None = None) -> None:
+    """An arena's votes. ``create=False`` opens an existing vote database to read it (the leaderboard): a file
+    that is not one is refused untouched, never given the arena's tables."""
+
+    def __init__(self, path: str | Path, rng: random.Random | None = None, create: bool = True) -> None:
         self.path, self.rng = Path(path), rng or random.Random()
+        if not create:
+            self._check_existing()
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             with self._db() as db:
@@ -90,6 +96,15 @@ class VoteStore:
             raise LlamabrewError(f"{self.path}: not a vote database ({e})") from None
         if mode != "wal":
             raise LlamabrewError(f"{self.path}: SQLite would not use WAL mode here (got {mode})")
+
+    def _check_existing(self) -> None:
+        try:
+            with closing(sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)) as db:
+                tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        except sqlite3.DatabaseError as e:
+            raise LlamabrewError(f"{self.path}: not a vote database ({e})") from None
+        if not {"shown", "votes"} <= tables:
+            raise LlamabrewError(f"{self.path}: not a vote database (no arena votes in it)")
 
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from llamabrew.cli_common import Flags, console, friendly_errors, recipe_flags
+from llamabrew.cli_common import Flags, console, friendly_errors, is_local, recipe_flags
 from llamabrew.errors import LlamabrewError
 from llamabrew.extras import require
 from llamabrew.recipe import ServeRecipe, load_recipe
@@ -61,10 +61,10 @@ def serve(
     app = create_app(registry, api_key, max_body=r.max_body_kb * 1024, max_queue=r.max_queue,
                      default_max_tokens=r.max_tokens, cors_origins=r.cors_origins or None)
     host, port = r.host, r.port
-    url = f"http://{'localhost' if host in ('127.0.0.1', '::1') else host}:{port}"
+    url = f"http://{'localhost' if is_local(host) else host}:{port}"
     console.print(f"[bold]llamabrew serve[/]: {', '.join(registry.names)}\n  chat page  {url}/\n  OpenAI API "
                   f"{url}/v1{'  (API key required)' if api_key else ''}", highlight=False)
-    if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+    if not is_local(host) and not api_key:
         console.print("[yellow]warning:[/] listening beyond this machine without --api-key: anyone who can "
                       "reach it can use it", highlight=False)
     uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=3, server_header=False)

@@ -8,7 +8,7 @@ the same call; none of them needs the loop edited.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -111,16 +111,6 @@ class CausalLM:
             chunk = slice(i, i + self.chunk_tokens)
             loss = loss + checkpoint(_summed_ce, head, hidden[chunk], labels[chunk], use_reentrant=False)
         return ObjectiveOutput(loss, int(labels.numel()))
-
-
-OBJECTIVES: dict[str, Callable[[], Objective]] = {"sft": CausalLM}
-
-
-def get_objective(name: str) -> Objective:
-    """The objective a recipe names (``Recipe.objective``)."""
-    if name not in OBJECTIVES:
-        raise ValueError(f"unknown objective {name!r} (known: {', '.join(OBJECTIVES)})")
-    return OBJECTIVES[name]()
 
 
 @torch.no_grad()
