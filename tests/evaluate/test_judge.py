@@ -162,8 +162,10 @@ def test_cli_json_and_one_line_errors(tmp_path: Path, monkeypatch: pytest.Monkey
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"question_id": 9, "model_id": "x", "choices": [{"index": 0, "turns": ["hi"]}]}) + "\n")
     res = runner.invoke(app, ["judge", "-q", str(q), "--a", str(a), "--b", str(bad),  # fails before any request
-                              "--judge-url", "http://127.0.0.1:9/v1", "--judge-model", "j"])
+                              "--judge-url", "http://127.0.0.1:9/v1", "--judge-model", "j", "--out",
+                              str(tmp_path / "o3")])
     assert res.exit_code == 2 and "bad.jsonl:1: field 'question_id': unknown question id 9" in res.output
+    assert not (tmp_path / "o3").exists()  # nothing written for a refused input
 
 
 def test_reference_judge_offline(tmp_path: Path):

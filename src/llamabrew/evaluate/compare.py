@@ -112,7 +112,6 @@ def compare(questions: list[Question], a: str, b: str, *, judge_url: str, judge_
     """Judge B against A (each an answers file or a model) on ``questions``; resumes a stopped comparison.
     ``pairs_out``: also write the decided pairwise games as preference pairs (winner chosen, ties dropped)."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     answering = answering or AnswerSettings()
     if judge_url == REFERENCE_URL:
         bare = [q.question_id for q in questions if not (q.reference and all(r.strip() for r in q.reference))]
@@ -124,6 +123,7 @@ def compare(questions: list[Question], a: str, b: str, *, judge_url: str, judge_
     judge_name = "reference" if judge_url == REFERENCE_URL else (judge_model or "judge")
     stem = f"{mode}-{safe_name(judge_name)}-{safe_name(model_a)}-vs-{safe_name(model_b)}"
     verdicts_path, summary_path = out / f"{stem}.jsonl", out / f"{stem}.summary.json"
+    out.mkdir(parents=True, exist_ok=True)  # only now: bad input above leaves nothing behind
     usage = Usage.from_dict(read_summary(summary_path).get("usage", {}))  # a resumed run keeps counting
     backend, judge_name = open_judge(judge_url, judge_model, judge_config, usage)
     answers = {model_a: answers_a, model_b: answers_b}
