@@ -88,6 +88,11 @@ def _warn_unless(ok: bool) -> bool:
     return ok
 
 
+def uses_extra_buffers(path: str | Path, width: int | None = None) -> bool:
+    """Whether llamabrew lets llama.cpp put this model's weights in its repacked / AMX buffers here."""
+    return extra_buffers_work() and (width or read_gguf_info(path).n_embd) >= EXTRA_BUFFERS_MIN_WIDTH
+
+
 def load_llama(path: str | Path, n_ctx: int, threads: int | None = None, logits_all: bool = False,
                lora_path: str | Path | None = None, width: int | None = None) -> Any:
     """A quiet `llama_cpp.Llama` on the free cores, avoiding AMX kernels that cannot run here or that go wrong
@@ -96,7 +101,7 @@ def load_llama(path: str | Path, n_ctx: int, threads: int | None = None, logits_
     import llama_cpp.llama_cpp as low
 
     original = low.llama_model_default_params
-    if not extra_buffers_work() or (width or read_gguf_info(path).n_embd) < EXTRA_BUFFERS_MIN_WIDTH:
+    if not uses_extra_buffers(path, width):
         def plain_buffers() -> Any:
             params = original()
             params.use_extra_bufts = False
@@ -111,6 +116,23 @@ def load_llama(path: str | Path, n_ctx: int, threads: int | None = None, logits_
         raise LlamabrewError(f"{path}: llama.cpp could not load it ({e}); is it a complete GGUF file?") from e
     finally:
         low.llama_model_default_params = original
+
+
+def load_model(path: str | Path, width: int | None = None, extra_buffers: bool = True) -> Any:
+    """The weights alone (``llama_cpp._internals.LlamaModel``), for an engine that makes its own contexts.
+    ``extra_buffers`` False keeps them in plain buffers even where llama.cpp's repacked / AMX ones would run."""
+    require("llamacpp", GGUF_USE)
+    import llama_cpp
+    import llama_cpp._logger
+    from llama_cpp._internals import LlamaModel
+
+    llama_cpp._logger.set_verbose(False)
+    params = llama_cpp.llama_model_default_params()
+    params.use_extra_bufts = extra_buffers and uses_extra_buffers(path, width)
+    try:
+        return LlamaModel(path_model=str(path), params=params, verbose=False)
+    except ValueError as e:
+        raise LlamabrewError(f"{path}: llama.cpp could not load it ({e}); is it a complete GGUF file?") from e
 
 
 def stock_tokenize(llm: Any, text: str) -> list[int]:

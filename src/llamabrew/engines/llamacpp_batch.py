@@ -1,0 +1,389 @@
+"""Continuous batching on llama.cpp: several requests decoded together, one KV-cache sequence per slot.
+
+Decoding on a CPU is bound by memory bandwidth (every token reads every weight), so one `llama_decode` carrying
+the next token of every active sequence costs little more than one carrying a single token. A `BatchRunner`
+owns a llama.cpp context with ``slots`` sequences and a thread that repeats one step:
+
+1. requests waiting in line take free slots: the one whose cache shares the longest prefix with the prompt (a
+   conversation's next turn reuses the turns already computed, as llama.cpp's server does), else the one
+   used least recently;
+2. every slot that is generating feeds its last token, all in one call, and samples its next one with its own
+   sampler chain (temperature, top-k/p, repetition penalty, seed), stop strings and token limit;
+3. one slot still reading its prompt feeds the next chunk of it, so a long prompt stalls the others for one
+   chunk at a time.
+
+A cancelled request leaves at the start of the next step. Same answers under load: measured on llama.cpp as
+built into llama-cpp-python 0.3.36, a row's logits are bitwise the same whatever else shares its call *if*
+flash attention is off (its CPU kernel changes with the number of queries), every sequence has its own KV
+stream (``kv_unified`` off), no call multiplies a single row (1-row products take another kernel, so a lone
+token gets a throwaway partner) and prompt chunks and decode steps go in separate calls (llama.cpp splits a
+mixed batch into equal per-sequence pieces, which can leave one row alone). Repacked weight buffers (q4_0 on
+AVX2/AVX-512, AMX) compute rows in groups with another kernel for the leftover rows; `batch_invariant`
+measures that at load and the engine then keeps the weights in plain buffers.
+"""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+import itertools
+import logging
+import queue
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from llamabrew.engines.base import GenerationStats, Sampling, StopScanner
+from llamabrew.errors import LlamabrewError
+
+log = logging.getLogger(__name__)
+DECODE_LOCK = threading.Lock()  # one llama_decode at a time in this process: models served side by side share cores
+PENALTY_LAST_N = 64  # the repetition penalty looks at the last 64 tokens, as llama-cpp-python's `Llama` does
+PREFILL_CHUNK = 64  # prompt tokens per step while other slots are generating
+Row = tuple[int, int, int, bool]  # token, position, sequence, whether its logits are wanted
+
+
+@dataclass(frozen=True)
+class TextRules:
+    """How a model's tokens become text: their bytes, the end-of-generation test, the template's stop strings."""
+
+    piece: Callable[[int], bytes]
+    is_eog: Callable[[int], bool]
+    stops: tuple[str, ...]
+    strip_first_space: bool  # SentencePiece's word-start space on the first token, dropped as HF does
+
+
+class Job:
+    """One request inside the runner; its text pieces and then its `GenerationStats` (or an error) go to ``out``."""
+
+    def __init__(self, ids: list[int], sampling: Sampling, max_new: int, rules: TextRules,
+                 cancel: threading.Event | None = None) -> None:
+        self.ids, self.sampling, self.max_new, self.rules, self.cancel = ids, sampling, max_new, rules, cancel
+        self.stop = threading.Event()  # the reader went away
+        self.out: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.scanner = StopScanner([*rules.stops, *sampling.stop])
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.n, self.reused, self.started, self.done = 0, 0, time.monotonic(), False
+
+    def cancelled(self) -> bool:
+        return self.stop.is_set() or (self.cancel is not None and self.cancel.is_set())
+
+    def take(self, token: int) -> str | None:
+        """Account for a sampled token: the finish reason when the request is over, else None."""
+        if self.rules.is_eog(token):
+            return "stop"
+        self.n += 1
+        text = self.decoder.decode(self.rules.piece(token))
+        if self.n == 1 and self.rules.strip_first_space:
+            text = text.removeprefix(" ")
+        if out := self.scanner.feed(text):
+            self.out.put(out)
+        if self.scanner.stopped:
+            return "stop"
+        return "length" if self.n >= self.max_new else None
+
+    def finish(self, reason: str, error: BaseException | None = None) -> None:
+        if self.done:
+            return
+        self.done = True
+        if error is not None:
+            self.out.put(error)
+            return
+        if not self.scanner.stopped and (out := self.scanner.feed(self.decoder.decode(b"", True))
+                                         + self.scanner.flush()):
+            self.out.put(out)
+        self.out.put(GenerationStats(len(self.ids), self.n, time.monotonic() - self.started, reason))
+
+
+@dataclass
+class Slot:
+    seq: int
+    cached: list[int]  # the tokens whose K/V this sequence holds, at positions 0, 1, ...
+    job: Job | None = None
+    sampler: Any = None
+    next_token: int | None = None  # sampled, not fed yet; None while the prompt is being read
+    used: int = 0  # when it last took a request
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    return next((i for i in range(n) if a[i] != b[i]), n)
+
+
+def make_sampler(sampling: Sampling, n_vocab: int) -> Any:
+    """A llama.cpp sampler chain of one request (the order llama-cpp-python's `Llama` uses)."""
+    from llama_cpp._internals import LlamaSampler
+
+    chain = LlamaSampler()
+    if sampling.repetition_penalty != 1.0:
+        chain.add_penalties(n_vocab, PENALTY_LAST_N, sampling.repetition_penalty, 0.0, 0.0)
+    if sampling.temperature <= 0:
+        chain.add_greedy()
+        return chain
+    if sampling.top_k > 0:
+        chain.add_top_k(sampling.top_k)
+    if sampling.top_p < 1.0:
+        chain.add_top_p(sampling.top_p, 1)
+    chain.add_temp(sampling.temperature)
+    chain.add_dist(sampling.seed if sampling.seed is not None else random.getrandbits(31))
+    return chain
+
+
+class DecodeError(LlamabrewError):
+    """llama_decode refused a batch (no room in the KV cache, or an internal error)."""
+
+
+class BatchRunner:
+    """A llama.cpp context of ``slots`` sequences of ``ctx_per_slot`` tokens each, and the thread that decodes."""
+
+    def __init__(self, model: Any, slots: int, ctx_per_slot: int, threads: int,
+                 lora: Any = None, all_logits: bool = False, chunk: int = PREFILL_CHUNK) -> None:
+        import llama_cpp
+
+        self._lib, self.model = llama_cpp, model
+        self.n_slots, self.ctx_per_slot, self.chunk = slots, ctx_per_slot, chunk
+        self.n_batch = max(min(512, ctx_per_slot), slots + 1)
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx, params.n_seq_max, params.kv_unified = slots * ctx_per_slot, slots, False
+        params.n_batch = params.n_ubatch = self.n_batch
+        params.n_threads = params.n_threads_batch = threads
+        params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        if all_logits:
+            params.n_outputs_max_per_seq = 0  # every position's logits (export verification)
+        self.ctx = llama_cpp.llama_init_from_model(model.model, params)
+        if not self.ctx:
+            raise LlamabrewError(f"llama.cpp could not make a context of {slots} x {ctx_per_slot} tokens "
+                                 "(out of memory? try a smaller --ctx or --parallel)")
+        if lora is not None:
+            adapters, scales = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(lora), (ctypes.c_float * 1)(1.0)
+            if llama_cpp.llama_set_adapters_lora(self.ctx, adapters, 1, scales):
+                llama_cpp.llama_free(self.ctx)
+                raise LlamabrewError("llama.cpp could not apply the LoRA adapter")
+        self.memory = llama_cpp.llama_get_memory(self.ctx)
+        self.batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
+        self.n_vocab = model.n_vocab()
+        self.slots = [Slot(i, []) for i in range(slots)]
+        self.pending: deque[Job] = deque()
+        self.calls: deque[Callable[[], None]] = deque()
+        self.cond = threading.Condition()
+        self.closing, self.error = False, None
+        self._clock = itertools.count(1)
+        self.thread = threading.Thread(target=self._run, daemon=True, name="llamabrew-batch")
+        self.thread.start()
+
+    # --- the caller's side ------------------------------------------------------------------------------
+
+    def submit(self, job: Job) -> None:
+        with self.cond:
+            if self.closing or self.error is not None:
+                raise LlamabrewError("the llama.cpp engine has stopped" + (f": {self.error}" if self.error else ""))
+            self.pending.append(job)
+            self.cond.notify()
+
+    def call(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` on the decoding thread between two steps and return what it returned."""
+        done, box = threading.Event(), {}
+
+        def run() -> None:
+            try:
+                box["value"] = fn()
+            except BaseException as e:  # raised in the caller's thread
+                box["error"] = e
+            finally:
+                done.set()
+
+        with self.cond:
+            if self.closing or self.error is not None:
+                raise LlamabrewError("the llama.cpp engine has stopped")
+            self.calls.append(run)
+            self.cond.notify()
+        done.wait()
+        if "error" in box:
+            raise box["error"]
+        return box["value"]
+
+    def busy(self) -> int:
+        return sum(s.job is not None for s in self.slots) + len(self.pending)
+
+    def close(self) -> None:
+        with self.cond:
+            self.closing = True
+            self.cond.notify()
+        self.thread.join(60)
+        if self.thread.is_alive():
+            log.warning("the llama.cpp decoding thread did not stop; its context is left allocated")
+            return
+        self._lib.llama_batch_free(self.batch)
+        self._lib.llama_free(self.ctx)
+
+    # --- the decoding thread ----------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        error: BaseException = LlamabrewError("the llama.cpp engine was closed")
+        try:
+            while True:
+                with self.cond:
+                    while not (self.closing or self.pending or self.calls or self.busy()):
+                        self.cond.wait()
+                    if self.closing:
+                        break
+                    calls = list(self.calls)
+                    self.calls.clear()
+                    self._admit()
+                for run in calls:
+                    run()
+                self._step()
+        except BaseException as e:
+            log.exception("the llama.cpp decoding loop failed")
+            self.error = error = e
+        with self.cond:
+            jobs = [*self.pending, *(s.job for s in self.slots if s.job is not None)]
+            self.pending.clear()
+            for run in self.calls:  # their callers are waiting
+                run()
+        for job in jobs:
+            job.finish("stop", error)
+
+    def _admit(self) -> None:
+        while self.pending:
+            job = self.pending[0]
+            if job.cancelled():
+                self.pending.popleft().finish("stop")
+                continue
+            free = [s for s in self.slots if s.job is None]
+            if not free:
+                return
+            self.pending.popleft()
+            self._start(max(free, key=lambda s: (common_prefix(s.cached, job.ids), -s.used)), job)
+
+    def _start(self, slot: Slot, job: Job) -> None:
+        keep = min(common_prefix(slot.cached, job.ids), len(job.ids) - 1)  # the last prompt token is fed again
+        if not self._lib.llama_memory_seq_rm(self.memory, slot.seq, keep, -1):
+            keep = 0
+            self._lib.llama_memory_seq_rm(self.memory, slot.seq, -1, -1)
+        del slot.cached[keep:]
+        slot.job, slot.next_token, slot.used = job, None, next(self._clock)
+        slot.sampler = make_sampler(job.sampling, self.n_vocab)
+        if job.sampling.repetition_penalty != 1.0:
+            for token in job.ids[-PENALTY_LAST_N:]:
+                self._lib.llama_sampler_accept(slot.sampler.sampler, token)
+        job.started, job.reused = time.monotonic(), keep
+
+    def _step(self) -> None:
+        for slot in self.slots:
+            if slot.job is not None and slot.job.cancelled():
+                self._release(slot, "stop")
+        generating = [s for s in self.slots if s.job is not None and s.next_token is not None]
+        if generating:
+            rows = [(s.next_token, len(s.cached), s.seq, True) for s in generating]
+            if self._feed(rows, generating):
+                for i, slot in enumerate(generating):
+                    token = self._lib.llama_sampler_sample(slot.sampler.sampler, self.ctx, i)
+                    slot.cached.append(slot.next_token)  # type: ignore[arg-type]
+                    self._advance(slot, token)
+        reading = [s for s in self.slots if s.job is not None and s.next_token is None]
+        if reading:
+            slot = min(reading, key=lambda s: s.used)  # the earliest request first
+            job, start = slot.job, len(slot.cached)
+            assert job is not None
+            chunk = job.ids[start : start + (self.chunk if generating else self.n_batch)]
+            last = start + len(chunk) == len(job.ids)
+            rows = [(t, start + j, slot.seq, last and j == len(chunk) - 1) for j, t in enumerate(chunk)]
+            if self._feed(rows, [slot]):
+                slot.cached.extend(chunk)
+                if last:
+                    self._advance(slot, self._lib.llama_sampler_sample(slot.sampler.sampler, self.ctx,
+                                                                       len(rows) - 1))
+
+    def _advance(self, slot: Slot, token: int) -> None:
+        assert slot.job is not None
+        if reason := slot.job.take(token):
+            self._release(slot, reason)
+        else:
+            slot.next_token = token
+
+    def _release(self, slot: Slot, reason: str, error: BaseException | None = None) -> None:
+        assert slot.job is not None
+        slot.job.finish(reason, error)
+        slot.sampler.close()
+        slot.job = slot.sampler = slot.next_token = None
+
+    def _feed(self, rows: list[Row], slots: list[Slot]) -> bool:
+        """One llama_decode; on failure the slots' requests end with the error and their caches are dropped."""
+        try:
+            self._decode(rows)
+            return True
+        except DecodeError as e:
+            for slot in slots:
+                self._lib.llama_memory_seq_rm(self.memory, slot.seq, -1, -1)
+                slot.cached.clear()
+                self._release(slot, "stop", e)
+            return False
+
+    def _decode(self, rows: list[Row]) -> None:
+        pad = rows[0] if len(rows) == 1 else None
+        if pad:  # a throwaway partner at the next position: a 1-row product would take another kernel
+            rows = [*rows, (pad[0], pad[1] + 1, pad[2], False)]
+        b = self.batch
+        b.n_tokens = len(rows)
+        for i, (token, pos, seq, logits) in enumerate(rows):
+            b.token[i], b.pos[i], b.n_seq_id[i], b.logits[i] = token, pos, 1, logits
+            b.seq_id[i][0] = seq
+        with DECODE_LOCK:
+            rc = self._lib.llama_decode(self.ctx, b)
+        if pad:
+            self._lib.llama_memory_seq_rm(self.memory, pad[2], pad[1] + 1, -1)
+        if rc != 0:
+            raise DecodeError(f"llama_decode returned {rc} for {len(rows)} tokens")
+
+    def _logits(self, i: int) -> np.ndarray:
+        return np.ctypeslib.as_array(self._lib.llama_get_logits_ith(self.ctx, i), shape=(self.n_vocab,)).copy()
+
+    def _clear(self) -> None:
+        for slot in self.slots:
+            self._lib.llama_memory_seq_rm(self.memory, slot.seq, -1, -1)
+            slot.cached.clear()
+
+    # --- on the decoding thread, through `call` -----------------------------------------------------------
+
+    def all_logits(self, ids: list[int]) -> np.ndarray:
+        """Next-token logits at every position of ``ids`` in slot 0 (needs ``all_logits``)."""
+        self._clear()
+        out = np.empty((len(ids), self.n_vocab), dtype=np.float32)
+        for start in range(0, len(ids), self.n_batch):
+            chunk = ids[start : start + self.n_batch]
+            self._decode([(t, start + j, 0, True) for j, t in enumerate(chunk)])
+            for j in range(len(chunk)):
+                out[start + j] = self._logits(j)
+        self._clear()
+        return out
+
+    def batch_invariant(self) -> bool:
+        """Whether a sequence's logits are bitwise the same whatever shares its call: a prompt read whole and
+        in chunks of 2, 3, 5, 7, and its next token alone and beside 1 to slots-1 others."""
+        ids = [(7919 * i + 13) % self.n_vocab for i in range(1, 14)]
+        self._clear()
+        self._decode([(t, j, 0, j == 11) for j, t in enumerate(ids[:12])])
+        whole, same = self._logits(11), True
+        for seq in range(1, self.n_slots):
+            size = (2, 3, 5, 7)[seq % 4]
+            for start in range(0, 12, size):
+                chunk = ids[start : min(12, start + size)]
+                self._decode([(t, start + j, seq, start + j == 11) for j, t in enumerate(chunk)])
+            same = same and np.array_equal(self._logits(len(chunk) - 1), whole)
+        self._decode([(ids[12], 12, 0, True)])
+        alone = self._logits(0)
+        self._lib.llama_memory_seq_rm(self.memory, 0, 12, -1)
+        for k in range(2, self.n_slots + 1):
+            self._decode([(ids[12], 12, seq, True) for seq in range(k)])
+            same = same and all(np.array_equal(self._logits(i), alone) for i in range(k))
+            for seq in range(k):
+                self._lib.llama_memory_seq_rm(self.memory, seq, 12, -1)
+        self._clear()
+        return same
