@@ -208,7 +208,9 @@ class ServeRecipe(Section):
     threads: int | None = Field(None, gt=0, description="CPU threads (default: free cores)")
     max_tokens: int = Field(512, ge=1, description="answer length limit when a request sets none")
     max_body_kb: int = Field(1024, ge=1, description="largest request body accepted")
-    max_queue: int = Field(256, ge=1, description="requests allowed to wait; more get 503")
+    parallel: int | None = Field(None, ge=1, le=64, description="llama.cpp: requests generated together, each "
+                                 "in its own KV-cache slot (default: from --ctx and free memory, at most 8)")
+    max_queue: int = Field(256, ge=1, description="requests allowed to wait for a slot; more get 429")
     cors_origins: list[str] = Field(default_factory=list, description="let web pages from these origins call "
                                     "the API")
 

@@ -1,5 +1,5 @@
 """Under load: 50 concurrent streams with malformed requests among them, first-come-first-served order, and a
-full queue. Every good request must get its complete answer; bad ones are answered at once, not queued.
+full queue (429). Every good request must get its complete answer; bad ones are answered at once, not queued.
 
 A "gated" model (the tiny model held at the start of each generation until the test opens the gate) fills the
 queue deterministically, however fast or busy the machine is.
@@ -152,7 +152,7 @@ def test_requests_are_served_first_come_first_served(url: str, gate: threading.E
     asyncio.run(main())
 
 
-def test_a_full_queue_answers_503_and_recovers(registry: Registry, gate: threading.Event) -> None:
+def test_a_full_queue_answers_429_with_retry_after_and_recovers(registry: Registry, gate: threading.Event) -> None:
     async def main(url: str) -> None:
         async with client(url) as c:
             hold = asyncio.create_task(c.post("/v1/chat/completions", json=chat_body("hi", "gated")))
@@ -160,8 +160,9 @@ def test_a_full_queue_answers_503_and_recovers(registry: Registry, gate: threadi
             waiter = asyncio.create_task(c.post("/v1/chat/completions", json=chat_body("hi")))
             await wait_health(c, waiting=1)
             r = await c.post("/v1/chat/completions", json=chat_body("hi"))
-            assert r.status_code == 503
-            assert r.json()["error"]["type"] == "server_error" and r.json()["error"]["code"] == "queue_full"
+            assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
+            assert r.json()["error"]["type"] == "rate_limit_error" and r.json()["error"]["code"] == "queue_full"
+            assert (await c.get("/health")).json()["rejected"] == 1
             gate.set()
             assert [x.status_code for x in await asyncio.gather(hold, waiter)] == [200, 200]
             assert (await c.post("/v1/chat/completions", json=chat_body("hi"))).status_code == 200

@@ -2,7 +2,7 @@
 
 Every error is OpenAI-shaped (``{"error": {"message", "type", "param", "code"}}``) so clients show it as they
 show OpenAI's. Requests are validated before they queue, so bad input is answered at once even when the engine
-is busy; good ones wait their turn in arrival order (`Scheduler`).
+is busy; good ones wait for a slot in arrival order (`Scheduler`), and past ``max_queue`` waiting get 429.
 """
 
 from __future__ import annotations
@@ -37,15 +37,16 @@ class ApiError(Exception):
     """An error answered in OpenAI's shape."""
 
     def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                 kind: str = "invalid_request_error") -> None:
+                 kind: str = "invalid_request_error", headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
+        self.headers = headers
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
 
     def response(self) -> JSONResponse:
-        return JSONResponse(self.body(), status_code=self.status)
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
 
 
 # --- request bodies: strict (no "5" for 5); unknown fields pass, as OpenAI's SDKs send extras --------------
@@ -288,8 +289,9 @@ def create_app(registry: Registry, api_key: str | None = None, *, max_body: int 
                            f"your {'messages' if chat else 'prompt'} came to {n} tokens.",
                            "messages" if chat else "prompt", "context_length_exceeded")
         if scheduler.full():
-            raise ApiError(503, "The server is busy: too many requests are waiting. Retry shortly.", None,
-                           "queue_full", "server_error")
+            wait = scheduler.reject()
+            raise ApiError(429, f"The server is busy: too many requests are waiting. Retry in {wait} s.", None,
+                           "queue_full", "rate_limit_error", {"Retry-After": str(wait)})
         reply = Reply(chat, served.name)
         pieces = scheduler.generate(request, engine, messages, sampling)
         if req.stream:

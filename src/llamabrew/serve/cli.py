@@ -17,7 +17,7 @@ Opt = typer.Option
 SERVE_FLAGS: Flags = {
     "host": "host", "port": "port", "name": "name", "template": "template", "engine": "engine", "quant": "quant",
     "ctx": "ctx", "threads": "threads", "max_tokens": "max_tokens", "max_body_kb": "max_body_kb",
-    "max_queue": "max_queue", "cors_origin": ("cors_origins", "--cors-origin"),
+    "max_queue": "max_queue", "parallel": "parallel", "cors_origin": ("cors_origins", "--cors-origin"),
 }
 
 
@@ -57,13 +57,15 @@ def serve(
 
     set_threads(r.threads)
     registry = open_registry(r.model, adapters, name=r.name, template=r.template, ctx=r.ctx, threads=r.threads,
-                             engine=r.engine, quant=r.quant)
+                             engine=r.engine, quant=r.quant, parallel=r.parallel)
     app = create_app(registry, api_key, max_body=r.max_body_kb * 1024, max_queue=r.max_queue,
                      default_max_tokens=r.max_tokens, cors_origins=r.cors_origins or None)
     host, port = r.host, r.port
     url = f"http://{'localhost' if is_local(host) else host}:{port}"
     console.print(f"[bold]llamabrew serve[/]: {', '.join(registry.names)}\n  chat page  {url}/\n  OpenAI API "
                   f"{url}/v1{'  (API key required)' if api_key else ''}", highlight=False)
+    for line in registry.describe_slots():
+        console.print(f"  {line}", highlight=False)
     if not is_local(host) and not api_key:
         console.print("[yellow]warning:[/] listening beyond this machine without --api-key: anyone who can "
                       "reach it can use it", highlight=False)

@@ -97,6 +97,19 @@ class Registry:
                 raise LlamabrewError(f"two models are named '{m.name}'; name them with --adapter NAME=DIR")
             self.models[m.name] = m
 
+    def describe_slots(self) -> list[str]:
+        """How many requests each model in memory generates at once, and the KV cache each one takes."""
+        lines, seen = [], set()
+        for m in self.models.values():
+            runner = getattr(m.engine, "runner", None)
+            if runner is None and "torch" not in seen:
+                seen.add("torch")
+                lines.append(f"{m.name}: torch, one generation at a time (no batching)")
+            elif runner is not None and id(runner) not in seen:
+                seen.add(id(runner))
+                lines.append(f"{m.name}: llama.cpp, {m.engine.describe_slots()}")  # type: ignore[attr-defined]
+        return lines
+
     def get(self, name: str) -> ServedModel | None:
         return self.models.get(name)
 
@@ -177,7 +190,7 @@ def _open_torch(model_or_run: str, adapters: dict[str, str], name: str | None, t
 
 
 def _open_gguf(path: str, adapters: dict[str, str], name: str | None, template: str | None,
-               ctx: int | None, threads: int | None, quant: str) -> list[ServedModel]:
+               ctx: int | None, threads: int | None, quant: str, parallel: int | None) -> list[ServedModel]:
     """A GGUF model (a run or model directory is exported on the fly, cached), plus other GGUF files by name:
     LoRA GGUFs go on top of it, whole models load as they are. Each is its own llama.cpp model in memory
     (llama.cpp applies a LoRA at load time)."""
@@ -185,7 +198,7 @@ def _open_gguf(path: str, adapters: dict[str, str], name: str | None, template: 
     from llamabrew.engines.llamacpp import LlamaCppEngine
     from llamabrew.export import open_llamacpp_engine
 
-    main = open_llamacpp_engine(path, threads=threads, ctx=ctx, quant=quant, template=template)
+    main = open_llamacpp_engine(path, threads=threads, ctx=ctx, quant=quant, template=template, parallel=parallel)
     served = [ServedModel(name or served_name(path), main)]
     for adapter_name, file in adapters.items():
         if Path(file).suffix != ".gguf" or not Path(file).is_file():
@@ -193,24 +206,26 @@ def _open_gguf(path: str, adapters: dict[str, str], name: str | None, template: 
                                  "files (`llamabrew export` LoRA GGUFs or whole models)")
         if is_adapter_gguf(file):
             tmpl = get_template(template) if template and template != "auto" else main.template
-            engine: Engine = LlamaCppEngine(main.path, threads=threads, ctx=ctx, template=tmpl, lora=file)
+            engine: Engine = LlamaCppEngine(main.path, threads=threads, ctx=ctx, template=tmpl, lora=file,
+                                            parallel=parallel)
         else:
-            engine = open_llamacpp_engine(file, threads=threads, ctx=ctx, template=template)
+            engine = open_llamacpp_engine(file, threads=threads, ctx=ctx, template=template, parallel=parallel)
         served.append(ServedModel(adapter_name, engine, parent=served[0].name))
     return served
 
 
 def open_registry(model_or_run: str, adapters: dict[str, str] | None = None, *, name: str | None = None,
                   template: str | None = None, ctx: int | None = None, threads: int | None = None,
-                  engine: str = "auto", quant: str = "q8_0") -> Registry:
+                  engine: str = "auto", quant: str = "q8_0", parallel: int | None = None) -> Registry:
     """Load what ``llamabrew serve`` serves. ``engine`` auto: a .gguf runs on llama.cpp, anything else on torch;
-    llamacpp: a run or model directory is exported to GGUF (``quant``) on the fly."""
+    llamacpp: a run or model directory is exported to GGUF (``quant``) on the fly, and ``parallel`` requests
+    generate together (torch serves one at a time)."""
     from llamabrew.engines import runs_on_llamacpp
     from llamabrew.engines.torch_engine import open_torch_engine
 
     adapters = adapters or {}
     if runs_on_llamacpp(engine, model_or_run):
-        return Registry(_open_gguf(model_or_run, adapters, name, template, ctx, threads, quant))
+        return Registry(_open_gguf(model_or_run, adapters, name, template, ctx, threads, quant, parallel))
     if adapters or is_adapter_dir(model_or_run):
         return Registry(_open_torch(model_or_run, adapters, name, template))
     engine = open_torch_engine(model_or_run, template=template)

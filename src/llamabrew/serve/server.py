@@ -1,8 +1,9 @@
-"""The HTTP server's runtime behind `llamabrew serve` (`serve.cli`): fair queue, body limit, uvicorn.
+"""The HTTP server's runtime behind `llamabrew serve` (`serve.cli`): fair admission, body limit, uvicorn.
 
-One generation runs at a time (the engines hold one model each, and a CPU has no spare cores for a second), so
-fairness is the queue: requests start in arrival order, a client that goes away leaves the queue or stops its
-generation at the next token, and the slot passes on at once.
+An engine runs as many generations at once as it has slots: a llama.cpp engine decodes ``--parallel`` requests
+together (`engines.llamacpp_batch`); a torch engine runs one at a time. Beyond the slots, requests wait in
+arrival order, up to ``max_waiting`` of them (then 429 with Retry-After); a client that goes away leaves the
+line, or stops its generation at the next step, and its place passes on at once.
 """
 
 from __future__ import annotations
@@ -10,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import shlex
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -36,57 +39,117 @@ async def _disconnected(request: Any) -> None:
             pass
 
 
+def slots_of(engine: Any) -> tuple[object, int]:
+    """What bounds how many generations an engine runs at once, and how many: a llama.cpp engine's batch
+    runner (shared by the names served from one model), else the engine's lock (torch: one at a time)."""
+    runner = getattr(engine, "runner", None)
+    if runner is not None:
+        return runner, int(runner.n_slots)
+    return getattr(engine, "lock", engine), 1
+
+
+class FairSlots:
+    """An asyncio semaphore that lets waiters in strictly in arrival order."""
+
+    def __init__(self, capacity: int) -> None:
+        self.free, self.capacity = capacity, capacity
+        self.waiters: deque[asyncio.Future[None]] = deque()
+
+    async def acquire(self) -> None:
+        if self.free > 0 and not self.waiters:
+            self.free -= 1
+            return
+        fut = asyncio.get_running_loop().create_future()
+        self.waiters.append(fut)
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.release()  # granted just as the waiter gave up: pass it on
+            else:
+                self.waiters.remove(fut)
+            raise
+
+    def release(self) -> None:
+        while self.waiters:
+            fut = self.waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                return
+        self.free += 1
+
+
 class Scheduler:
-    """FIFO admission to the engine, generation on a worker thread, counts for /health."""
+    """FIFO admission to each engine's slots, generation on worker threads, counts for /health."""
 
     def __init__(self, max_waiting: int = 256) -> None:
         self.max_waiting = max_waiting
-        self.lock = asyncio.Lock()  # asyncio's lock wakes waiters first come, first served
-        self.waiting = self.running = self.completed = self.cancelled = 0
+        self.groups: dict[int, tuple[object, FairSlots]] = {}  # id(what bounds it) → (it, its slots)
+        self.waiting = self.running = self.completed = self.cancelled = self.rejected = 0
+        self.seconds = 0.0  # a moving average of how long a generation takes, for Retry-After
         self._tokenizer = ThreadPoolExecutor(1, thread_name_prefix="llamabrew-tokenize")
 
     def counts(self) -> dict[str, int]:
         return {"waiting": self.waiting, "running": self.running, "completed": self.completed,
-                "cancelled": self.cancelled}
+                "cancelled": self.cancelled, "rejected": self.rejected, "slots": self.capacity()}
+
+    def capacity(self) -> int:
+        return sum(slots.capacity for _, slots in self.groups.values())
 
     def full(self) -> bool:
         return self.waiting >= self.max_waiting
+
+    def reject(self) -> int:
+        """Count a request turned away; the seconds after which a retry may find room."""
+        self.rejected += 1
+        per_slot = self.waiting / max(1, self.capacity())
+        return max(1, min(60, math.ceil(self.seconds * per_slot)))
+
+    def slots(self, engine: Engine) -> FairSlots:
+        key, n = slots_of(engine)
+        if id(key) not in self.groups:
+            self.groups[id(key)] = (key, FairSlots(n))  # the key is kept alive, so its id stays its own
+        return self.groups[id(key)][1]
 
     async def tokenize(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Prompt checks off the event loop (a 1 MB prompt takes a while), one at a time."""
         return await asyncio.get_running_loop().run_in_executor(self._tokenizer, fn, *args)
 
-    async def _acquire(self, gone: asyncio.Future[None]) -> bool:
-        """Wait for the engine; False when the client left first. Never leaves the lock held by nobody."""
+    async def _acquire(self, slots: FairSlots, gone: asyncio.Future[None]) -> bool:
+        """Wait for a slot; False when the client left first. Never leaves a slot taken by nobody."""
         self.waiting += 1
-        acquire = asyncio.ensure_future(self.lock.acquire())
+        acquire = asyncio.ensure_future(slots.acquire())
         got = False
         try:
             await asyncio.wait({acquire, gone}, return_when=asyncio.FIRST_COMPLETED)
-            got = acquire.done() and not gone.done()
+            got = acquire.done() and not acquire.cancelled() and not gone.done()
         finally:  # also when this request is cancelled while it waits
             self.waiting -= 1
             if not got:
                 if acquire.done() and not acquire.cancelled():
-                    self.lock.release()
+                    slots.release()
                 else:
                     acquire.cancel()
         return got
 
-    def _finish(self, cancelled: bool, queue: asyncio.Queue[Any] | None = None) -> None:
+    def _finish(self, slots: FairSlots, cancelled: bool, seconds: float,
+                queue: asyncio.Queue[Any] | None = None) -> None:
         self.running -= 1
         self.cancelled += cancelled
         self.completed += not cancelled
-        self.lock.release()
+        if not cancelled:
+            self.seconds = seconds if self.seconds == 0 else 0.8 * self.seconds + 0.2 * seconds
+        slots.release()
         if queue is not None:
             queue.put_nowait(_END)
 
-    def _work(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[Any], engine: Engine,
-              messages: list[dict[str, str]], sampling: Sampling, cancel: threading.Event) -> None:
+    def _work(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[Any], slots: FairSlots,
+              engine: Engine, messages: list[dict[str, str]], sampling: Sampling, cancel: threading.Event) -> None:
         def put(item: Any) -> None:
             with contextlib.suppress(RuntimeError):  # the loop is closed: the server is shutting down
                 loop.call_soon_threadsafe(queue.put_nowait, item)
 
+        t0 = time.monotonic()
         try:
             for piece in engine.stream(messages, sampling, cancel=cancel):
                 put(piece)
@@ -95,7 +158,7 @@ class Scheduler:
             put(e)
         finally:  # one callback: the slot is free before the request sees the end
             with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(self._finish, cancel.is_set(), queue)
+                loop.call_soon_threadsafe(self._finish, slots, cancel.is_set(), time.monotonic() - t0, queue)
 
     async def generate(self, request: Any, engine: Engine, messages: list[dict[str, str]],
                        sampling: Sampling) -> AsyncIterator[Any]:
@@ -103,17 +166,18 @@ class Scheduler:
         cancel = threading.Event()
         gone = asyncio.ensure_future(_disconnected(request))
         gone.add_done_callback(lambda t: t.cancelled() or cancel.set())
+        slots = self.slots(engine)
         try:
-            if not await self._acquire(gone):
+            if not await self._acquire(slots, gone):
                 self.cancelled += 1
                 return
             loop, queue = asyncio.get_running_loop(), asyncio.Queue[Any]()
             self.running += 1
             try:
-                threading.Thread(target=self._work, args=(loop, queue, engine, messages, sampling, cancel),
+                threading.Thread(target=self._work, args=(loop, queue, slots, engine, messages, sampling, cancel),
                                  daemon=True, name="llamabrew-generate").start()
             except RuntimeError:
-                self._finish(True)
+                self._finish(slots, True, 0.0)
                 raise
             yield STARTED
             while (item := await queue.get()) is not _END:
