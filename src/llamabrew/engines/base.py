@@ -40,6 +40,7 @@ class GenerationStats:
     completion_tokens: int = 0
     seconds: float = 0.0
     finish_reason: str = "stop"  # "stop" (EOS or stop string) or "length"
+    cached_tokens: int = 0  # prompt tokens whose KV cache an earlier request left (prompt caching)
 
     @property
     def tokens_per_second(self) -> float:

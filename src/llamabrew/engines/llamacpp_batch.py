@@ -4,9 +4,8 @@ Decoding on a CPU is bound by memory bandwidth (every token reads every weight),
 the next token of every active sequence costs little more than one carrying a single token. A `BatchRunner`
 owns a llama.cpp context with ``slots`` sequences and a thread that repeats one step:
 
-1. requests waiting in line take free slots: the one whose cache shares the longest prefix with the prompt (a
-   conversation's next turn reuses the turns already computed, as llama.cpp's server does), else the one
-   used least recently;
+1. requests waiting in line take free slots: the one holding their conversation (a next turn reuses the turns
+   already computed, as llama.cpp's server does with its prompt cache), else the one used least recently;
 2. every slot that is generating feeds its last token, all in one call, and samples its next one with its own
    sampler chain (temperature, top-k/p, repetition penalty, seed), stop strings and token limit;
 3. one slot still reading its prompt feeds the next chunk of it, so a long prompt stalls the others for one
@@ -15,11 +14,11 @@ owns a llama.cpp context with ``slots`` sequences and a thread that repeats one 
 A cancelled request leaves at the start of the next step. Same answers under load: measured on llama.cpp as
 built into llama-cpp-python 0.3.36, a row's logits are bitwise the same whatever else shares its call *if*
 flash attention is off (its CPU kernel changes with the number of queries), every sequence has its own KV
-stream (``kv_unified`` off), no call multiplies a single row (1-row products take another kernel, so a lone
-token gets a throwaway partner) and prompt chunks and decode steps go in separate calls (llama.cpp splits a
-mixed batch into equal per-sequence pieces, which can leave one row alone). Repacked weight buffers (q4_0 on
-AVX2/AVX-512, AMX) compute rows in groups with another kernel for the leftover rows; `batch_invariant`
-measures that at load and the engine then keeps the weights in plain buffers.
+stream (``kv_unified`` off), no product has a single row (1-row products take another kernel: a lone token
+gets a throwaway partner, and a call wanting one row's logits asks for a second row's too), and prompt chunks
+and decode steps go in separate calls (llama.cpp splits a mixed batch into equal per-sequence pieces, which
+can leave a row alone). Repacked / AMX weight buffers may compute rows in groups with another kernel for the
+leftover rows: `batch_invariant` measures all this at load, and the engine then keeps plain buffers.
 """
 
 from __future__ import annotations
@@ -98,7 +97,7 @@ class Job:
         if not self.scanner.stopped and (out := self.scanner.feed(self.decoder.decode(b"", True))
                                          + self.scanner.flush()):
             self.out.put(out)
-        self.out.put(GenerationStats(len(self.ids), self.n, time.monotonic() - self.started, reason))
+        self.out.put(GenerationStats(len(self.ids), self.n, time.monotonic() - self.started, reason, self.reused))
 
 
 @dataclass
@@ -114,6 +113,14 @@ class Slot:
 def common_prefix(a: list[int], b: list[int]) -> int:
     n = min(len(a), len(b))
     return next((i for i in range(n) if a[i] != b[i]), n)
+
+
+def choose_slot(free: list[Slot], ids: list[int]) -> Slot:
+    """The free slot holding this prompt's conversation (it shares at least half of what that slot has cached:
+    a chat template's opening alone does not count), else the one used least recently."""
+    shared = [(common_prefix(s.cached, ids), s) for s in free]
+    own = [(n, s) for n, s in shared if s.cached and 2 * n >= len(s.cached)]
+    return max(own, key=lambda x: x[0])[1] if own else min(free, key=lambda s: s.used)
 
 
 def make_sampler(sampling: Sampling, n_vocab: int) -> Any:
@@ -156,6 +163,8 @@ class BatchRunner:
         params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
         if all_logits:
             params.n_outputs_max_per_seq = 0  # every position's logits (export verification)
+        else:  # a step's logits: one row per slot, or the two rows of a prompt chunk's end
+            params.n_outputs_max, params.n_outputs_max_per_seq = slots + 1, 2
         self.ctx = llama_cpp.llama_init_from_model(model.model, params)
         if not self.ctx:
             raise LlamabrewError(f"llama.cpp could not make a context of {slots} x {ctx_per_slot} tokens "
@@ -260,7 +269,7 @@ class BatchRunner:
             if not free:
                 return
             self.pending.popleft()
-            self._start(max(free, key=lambda s: (common_prefix(s.cached, job.ids), -s.used)), job)
+            self._start(choose_slot(free, job.ids), job)
 
     def _start(self, slot: Slot, job: Job) -> None:
         keep = min(common_prefix(slot.cached, job.ids), len(job.ids) - 1)  # the last prompt token is fed again
@@ -329,7 +338,10 @@ class BatchRunner:
     def _decode(self, rows: list[Row]) -> None:
         pad = rows[0] if len(rows) == 1 else None
         if pad:  # a throwaway partner at the next position: a 1-row product would take another kernel
-            rows = [*rows, (pad[0], pad[1] + 1, pad[2], False)]
+            rows = [*rows, (pad[0], pad[1] + 1, pad[2], True)]
+        elif sum(r[3] for r in rows) == 1:  # the same for the output layer: logits of a second row too
+            i = 1 if rows[0][3] else 0
+            rows = [*rows[:i], (*rows[i][:3], True), *rows[i + 1 :]]
         b = self.batch
         b.n_tokens = len(rows)
         for i, (token, pos, seq, logits) in enumerate(rows):
