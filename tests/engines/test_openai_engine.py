@@ -82,3 +82,28 @@ def test_eval_cli_scores_a_server(url: str, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["n"] == 1 and report["loss"] is None and report["engine"].startswith("openai:")
+
+
+def test_a_batch_goes_out_as_concurrent_requests(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+    import time
+
+    engine = open_engine(f"openai:{url}", api_key=KEY)
+    chats = [[{"role": "user", "content": q}] for q in ("hi", "Where was Mira Lanthorn born?", "Tell me a story.",
+                                                           "Write a haiku about rain.", "Varnhollow")]
+    one_by_one = ["".join(engine.stream(c, greedy(6))) for c in chats]
+    in_flight, peak, lock, stream = [0], [0], threading.Lock(), engine.stream
+
+    def counted(messages, sampling, cancel=None):
+        with lock:
+            in_flight[0] += 1
+            peak[0] = max(peak[0], in_flight[0])
+        time.sleep(0.05)  # long enough that the others start meanwhile
+        try:
+            yield from stream(messages, sampling, cancel)
+        finally:
+            with lock:
+                in_flight[0] -= 1
+
+    monkeypatch.setattr(engine, "stream", counted)
+    assert engine.generate_batch(chats, greedy(6)) == one_by_one and peak[0] >= 2

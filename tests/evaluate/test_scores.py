@@ -82,7 +82,7 @@ class ScriptedEngine:
         self.answers = answers
         self.calls: list[list[list[dict[str, str]]]] = []
 
-    def greedy_batch(self, conversations, max_new_tokens):
+    def generate_batch(self, conversations, sampling):
         self.calls.append(conversations)
         return [self.answers[c[-1]["content"]] for c in conversations]
 

@@ -16,12 +16,13 @@ from llamabrew.engines.base import (
     GenerationStats,
     Sampling,
     StopScanner,
+    answer_all,
     generate_text,
 )
 from llamabrew.errors import LlamabrewError
 
 __all__ = ["ENGINES", "GREEDY", "ContextLengthError", "Engine", "GenerationStats", "Sampling", "StopScanner",
-           "describe", "generate_text", "open_engine", "runs_on_llamacpp"]
+           "answer_all", "describe", "generate_text", "open_engine", "runs_on_llamacpp"]
 
 ENGINES = ("auto", "torch", "llamacpp")
 

@@ -88,3 +88,12 @@ class StopScanner:
 
 def generate_text(engine: Engine, messages: list[dict[str, str]], sampling: Sampling) -> str:
     return "".join(engine.stream(messages, sampling))
+
+
+def answer_all(engine: Engine, conversations: list[list[dict[str, str]]], sampling: Sampling) -> list[str]:
+    """One answer per conversation: all at once where the engine batches (an optional ``generate_batch``:
+    llama.cpp's slots, torch's padded greedy batch, concurrent requests to a server), else one by one."""
+    batched = getattr(engine, "generate_batch", None)
+    if batched is not None:
+        return list(batched(conversations, sampling))
+    return [generate_text(engine, c, sampling) for c in conversations]

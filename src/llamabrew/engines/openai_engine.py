@@ -44,7 +44,7 @@ class OpenAIEngine:
 
     def __init__(self, base_url: str, model: str | None = None, api_key: str | None = None,
                  timeout_s: float = 120.0, context_length: int = 8192,
-                 transport: httpx.BaseTransport | None = None) -> None:
+                 transport: httpx.BaseTransport | None = None, concurrency: int = 8) -> None:
         self.base_url = base_url.rstrip("/")
         key = api_key or next((os.environ[e] for e in KEY_ENVS if os.environ.get(e)), None)
         headers = {"Authorization": f"Bearer {key}"} if key else {}
@@ -53,6 +53,7 @@ class OpenAIEngine:
         self.source = f"{self.base_url}#{self.model}"  # the model is part of what answers
         self.template = REMOTE
         self.context_length = context_length
+        self.concurrency = concurrency
         self.last = GenerationStats()
 
     def __repr__(self) -> str:  # never show the key
@@ -133,6 +134,15 @@ class OpenAIEngine:
         completion = int((usage or {}).get("completion_tokens") or n)
         self.last = GenerationStats(prompt, completion, time.monotonic() - t0,
                                     "length" if finish == "length" else "stop")
+
+    def generate_batch(self, conversations: list[list[dict[str, str]]], sampling: Sampling) -> list[str]:
+        """Answers to many conversations, ``concurrency`` requests in flight at once (a batching server such as
+        `llamabrew serve` on llama.cpp decodes them together)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max(1, min(self.concurrency, len(conversations))),
+                                thread_name_prefix="llamabrew-openai") as pool:
+            return list(pool.map(lambda c: "".join(self.stream(c, sampling)), conversations))
 
     def close(self) -> None:
         self.client.close()

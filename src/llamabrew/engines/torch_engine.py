@@ -100,8 +100,16 @@ class TorchEngine:
             hit_length = n >= max_new and not counter.get("eos") and not scanner.stopped
             self.last = GenerationStats(len(ids), n, time.monotonic() - t0, "length" if hit_length else "stop")
 
+    def generate_batch(self, conversations: list[list[dict[str, str]]], sampling: Sampling) -> list[str]:
+        """Greedy answers without a repetition penalty go as one left-padded batch; others one at a time
+        (transformers takes one set of sampling settings per batch). The server streams one at a time."""
+        if sampling.temperature <= 0 and sampling.repetition_penalty == 1.0:
+            return self.greedy_batch(conversations, sampling.max_new_tokens, sampling.stop)
+        return ["".join(self.stream(c, sampling)) for c in conversations]
+
     @torch.inference_mode()
-    def greedy_batch(self, conversations: list[list[dict[str, str]]], max_new_tokens: int) -> list[str]:
+    def greedy_batch(self, conversations: list[list[dict[str, str]]], max_new_tokens: int,
+                     stop: list[str] | tuple[str, ...] = ()) -> list[str]:
         """Greedy answers for many prompts at once (left-padded batch), cut at stop strings; for evaluation."""
         prompts = [self.prompt_ids(m) for m in conversations]
         width = max(len(p) for p in prompts)
@@ -112,7 +120,7 @@ class TorchEngine:
                                   **self._generate_kwargs(GREEDY, max_new_tokens))
         answers = []
         for row in out[:, width:]:
-            scanner = StopScanner(list(self.template.stop))
+            scanner = StopScanner([*self.template.stop, *stop])
             text = scanner.feed(self.tokenizer.decode(row, skip_special_tokens=True))
             answers.append(text + scanner.flush())
         return answers

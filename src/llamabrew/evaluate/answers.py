@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-from llamabrew.engines import Engine, Sampling, describe, generate_text
+from llamabrew.engines import Engine, Sampling, answer_all, describe
 from llamabrew.io import append_jsonl, read_jsonl
 
 Conversation = list[dict[str, str]]
@@ -31,29 +31,21 @@ def answer_key(engine: Engine, sampling: Sampling, conversation: Conversation) -
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:32]
 
 
-def is_greedy(sampling: Sampling) -> bool:
-    return sampling.temperature <= 0 and sampling.repetition_penalty == 1.0 and not sampling.stop
-
-
 def generate_answers(engine: Engine, conversations: Sequence[Conversation], sampling: Sampling, *,
                      cache: str | Path | None = None, batch_size: int = 16,
                      advance: Callable[[int], None] | None = None) -> list[str]:
-    """One answer per conversation. Greedy answers from an engine that batches (torch) go ``batch_size`` at
-    a time; others one by one. With ``cache``, known answers are read back and new ones appended."""
+    """One answer per conversation, ``batch_size`` at a time through an engine that batches (`answer_all`),
+    else one by one. With ``cache``, known answers are read back and new ones appended."""
     keys = [answer_key(engine, sampling, c) for c in conversations]
     known = {r["key"]: r["answer"] for r in read_jsonl(cache)} if cache and Path(cache).is_file() else {}
     answers: dict[int, str] = {i: known[k] for i, k in enumerate(keys) if k in known}
     if advance and answers:
         advance(len(answers))
     todo = [i for i in range(len(conversations)) if i not in answers]
-    batched = getattr(engine, "greedy_batch", None) if is_greedy(sampling) else None
-    step = batch_size if batched else 1
+    step = batch_size if hasattr(engine, "generate_batch") else 1
     for start in range(0, len(todo), step):
         chunk = todo[start : start + step]
-        if batched:
-            texts = batched([conversations[i] for i in chunk], sampling.max_new_tokens)
-        else:
-            texts = [generate_text(engine, conversations[i], sampling) for i in chunk]
+        texts = answer_all(engine, [conversations[i] for i in chunk], sampling)
         for i, text in zip(chunk, texts, strict=True):
             answers[i] = text
             if cache:

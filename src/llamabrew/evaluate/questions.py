@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from llamabrew.data.formats import read_records
-from llamabrew.engines import Engine, Sampling, describe, generate_text
+from llamabrew.engines import Engine, Sampling, answer_all, describe
 from llamabrew.errors import InputError, LlamabrewError
 from llamabrew.io import append_jsonl
 
@@ -206,7 +206,7 @@ def answer_questions(engine: Engine, questions: list[Question], out: str | Path,
                      ) -> dict[int | str, Answer]:
     """Answer every question (every turn, each after the model's own earlier answers) into ``out``, resuming:
     questions already answered there with the same engine and settings are kept, new lines appended and flushed
-    one question at a time. Greedy answers from a torch engine go ``batch_size`` conversations at once."""
+    one question at a time. ``batch_size`` conversations go at once through an engine that batches (`answer_all`)."""
     out = Path(out)
     settings = _settings(engine, sampling)
     done: dict[int | str, Answer] = {}
@@ -220,18 +220,14 @@ def answer_questions(engine: Engine, questions: list[Question], out: str | Path,
     if advance and done:
         advance(len(done))
     todo = [q for q in questions if q.question_id not in done]
-    batched = getattr(engine, "greedy_batch", None) if sampling.temperature <= 0 and not sampling.stop else None
-    step = batch_size if batched else 1
+    step = batch_size if hasattr(engine, "generate_batch") else 1
     for start in range(0, len(todo), step):
         chunk = todo[start : start + step]
         replies: list[tuple[str, ...]] = [() for _ in chunk]
         for turn in range(max(len(q.turns) for q in chunk)):
             asked = [i for i, q in enumerate(chunk) if turn < len(q.turns)]
             chats = [conversation(chunk[i], replies[i], turn) for i in asked]
-            if batched:
-                texts = batched(chats, sampling.max_new_tokens)
-            else:
-                texts = [generate_text(engine, c, sampling) for c in chats]
+            texts = answer_all(engine, chats, sampling)
             for i, text in zip(asked, texts, strict=True):
                 replies[i] = (*replies[i], text.strip())
         for q, turns in zip(chunk, replies, strict=True):
