@@ -210,6 +210,8 @@ class ServeRecipe(Section):
     max_body_kb: int = Field(1024, ge=1, description="largest request body accepted")
     parallel: int | None = Field(None, ge=1, le=64, description="llama.cpp: requests generated together, each "
                                  "in its own KV-cache slot (default: from --ctx and free memory, at most 8)")
+    prompt_cache: bool = Field(True, description="llama.cpp: a conversation's next turn reuses the KV cache of "
+                               "the turns its slot already read")
     max_queue: int = Field(256, ge=1, description="requests allowed to wait for a slot; more get 429")
     cors_origins: list[str] = Field(default_factory=list, description="let web pages from these origins call "
                                     "the API")

@@ -165,6 +165,8 @@ def test_a_follow_up_turn_reuses_its_conversation_s_cache(ggufs: dict[str, Path]
         assert "".join(engine.stream(follow, GREEDY)) == cached and engine.last.cached_tokens == 0
         again = "".join(engine.stream(follow, GREEDY))  # the very same prompt: all but its last token
         assert again == cached and engine.last.cached_tokens == engine.last.prompt_tokens - 1
+        engine.runner.prompt_cache = False  # --no-prompt-cache
+        assert "".join(engine.stream(follow, GREEDY)) == cached and engine.last.cached_tokens == 0
     finally:
         engine.close()
 

@@ -68,6 +68,7 @@ class LlamaCppEngine:
     ``parallel`` requests generate at once (default: `default_parallel`), each in its own KV-cache slot of
     ``ctx`` tokens; more wait in line. ``invariant`` (default) keeps every request's logits independent of what
     else runs beside it, so greedy answers under load are the answers alone (see `llamacpp_batch`).
+    ``prompt_cache`` (default) lets a request reuse the KV cache of the prompt prefix its slot already holds.
     ``logits_all`` opens one slot that can return every position's logits (`logits`, export verification).
     """
 
@@ -75,7 +76,8 @@ class LlamaCppEngine:
 
     def __init__(self, path: str | Path, threads: int | None = None, ctx: int | None = None,
                  template: Template | None = None, lora: str | Path | None = None, logits_all: bool = False,
-                 announce: bool = True, parallel: int | None = None, invariant: bool = True) -> None:
+                 announce: bool = True, parallel: int | None = None, invariant: bool = True,
+                 prompt_cache: bool = True) -> None:
         self._lib = require("llamacpp", GGUF_USE)
         self.path = Path(path)
         self.info = read_gguf_info(self.path)
@@ -92,6 +94,7 @@ class LlamaCppEngine:
                 log.warning(warning)
         self.template = template or self.info.template()
         self.lora_path = Path(lora) if lora else None
+        self.prompt_cache = prompt_cache
         self._renderer = _JinjaRenderer(self.info.bos_text, self.info.eos_text)
         self._local = threading.local()
         self._pieces: dict[int, bytes] = {}
@@ -116,7 +119,7 @@ class LlamaCppEngine:
                 self.model.close()
                 raise LlamabrewError(f"{self.lora_path}: llama.cpp could not load this LoRA adapter")
         self.runner = BatchRunner(self.model, self.parallel, self.context_length, self.threads, lora=self._lora,
-                                  all_logits=logits_all)
+                                  all_logits=logits_all, prompt_cache=self.prompt_cache)
 
     def _unload(self) -> None:
         self.runner.close()

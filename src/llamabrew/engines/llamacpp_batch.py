@@ -150,11 +150,12 @@ class BatchRunner:
     """A llama.cpp context of ``slots`` sequences of ``ctx_per_slot`` tokens each, and the thread that decodes."""
 
     def __init__(self, model: Any, slots: int, ctx_per_slot: int, threads: int,
-                 lora: Any = None, all_logits: bool = False, chunk: int = PREFILL_CHUNK) -> None:
+                 lora: Any = None, all_logits: bool = False, chunk: int = PREFILL_CHUNK,
+                 prompt_cache: bool = True) -> None:
         import llama_cpp
 
         self._lib, self.model = llama_cpp, model
-        self.n_slots, self.ctx_per_slot, self.chunk = slots, ctx_per_slot, chunk
+        self.n_slots, self.ctx_per_slot, self.chunk, self.prompt_cache = slots, ctx_per_slot, chunk, prompt_cache
         self.n_batch = max(min(512, ctx_per_slot), slots + 1)
         params = llama_cpp.llama_context_default_params()
         params.n_ctx, params.n_seq_max, params.kv_unified = slots * ctx_per_slot, slots, False
@@ -272,7 +273,8 @@ class BatchRunner:
             self._start(choose_slot(free, job.ids), job)
 
     def _start(self, slot: Slot, job: Job) -> None:
-        keep = min(common_prefix(slot.cached, job.ids), len(job.ids) - 1)  # the last prompt token is fed again
+        keep = min(common_prefix(slot.cached, job.ids), len(job.ids) - 1) if self.prompt_cache else 0
+        # (the last prompt token is always fed again, for its logits)
         if not self._lib.llama_memory_seq_rm(self.memory, slot.seq, keep, -1):
             keep = 0
             self._lib.llama_memory_seq_rm(self.memory, slot.seq, -1, -1)

@@ -286,7 +286,8 @@ def cached_gguf(model_or_run: str, quant: str = "q8_0", verify: bool = True,
 
 def open_llamacpp_engine(model_or_run: str | Path, threads: int | None = None, ctx: int | None = None,
                          quant: str = DEFAULT_QUANT, template: str | None = None, verify: bool = True,
-                         announce: bool = True, parallel: int | None = None) -> LlamaCppEngine:
+                         announce: bool = True, parallel: int | None = None,
+                         prompt_cache: bool = True) -> LlamaCppEngine:
     """An engine for a ``.gguf`` file, or a run / model directory exported on the fly (and cached)."""
     from llamabrew.data.templates import get_template
     from llamabrew.engines.llamacpp import LlamaCppEngine
@@ -299,4 +300,5 @@ def open_llamacpp_engine(model_or_run: str | Path, threads: int | None = None, c
     elif not path.is_file():
         raise LlamabrewError(f"{path}: no such GGUF file")
     tmpl = get_template(template) if template and template != "auto" else None  # default: the file's own
-    return LlamaCppEngine(path, threads=threads, ctx=ctx, template=tmpl, announce=announce, parallel=parallel)
+    return LlamaCppEngine(path, threads=threads, ctx=ctx, template=tmpl, announce=announce, parallel=parallel,
+                          prompt_cache=prompt_cache)

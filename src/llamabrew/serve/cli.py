@@ -17,7 +17,8 @@ Opt = typer.Option
 SERVE_FLAGS: Flags = {
     "host": "host", "port": "port", "name": "name", "template": "template", "engine": "engine", "quant": "quant",
     "ctx": "ctx", "threads": "threads", "max_tokens": "max_tokens", "max_body_kb": "max_body_kb",
-    "max_queue": "max_queue", "parallel": "parallel", "cors_origin": ("cors_origins", "--cors-origin"),
+    "max_queue": "max_queue", "parallel": "parallel", "prompt_cache": "prompt_cache",
+    "cors_origin": ("cors_origins", "--cors-origin"),
 }
 
 
@@ -57,7 +58,7 @@ def serve(
 
     set_threads(r.threads)
     registry = open_registry(r.model, adapters, name=r.name, template=r.template, ctx=r.ctx, threads=r.threads,
-                             engine=r.engine, quant=r.quant, parallel=r.parallel)
+                             engine=r.engine, quant=r.quant, parallel=r.parallel, prompt_cache=r.prompt_cache)
     app = create_app(registry, api_key, max_body=r.max_body_kb * 1024, max_queue=r.max_queue,
                      default_max_tokens=r.max_tokens, cors_origins=r.cors_origins or None)
     host, port = r.host, r.port

@@ -190,7 +190,8 @@ def _open_torch(model_or_run: str, adapters: dict[str, str], name: str | None, t
 
 
 def _open_gguf(path: str, adapters: dict[str, str], name: str | None, template: str | None,
-               ctx: int | None, threads: int | None, quant: str, parallel: int | None) -> list[ServedModel]:
+               ctx: int | None, threads: int | None, quant: str, parallel: int | None,
+               prompt_cache: bool) -> list[ServedModel]:
     """A GGUF model (a run or model directory is exported on the fly, cached), plus other GGUF files by name:
     LoRA GGUFs go on top of it, whole models load as they are. Each is its own llama.cpp model in memory
     (llama.cpp applies a LoRA at load time)."""
@@ -198,7 +199,8 @@ def _open_gguf(path: str, adapters: dict[str, str], name: str | None, template: 
     from llamabrew.engines.llamacpp import LlamaCppEngine
     from llamabrew.export import open_llamacpp_engine
 
-    main = open_llamacpp_engine(path, threads=threads, ctx=ctx, quant=quant, template=template, parallel=parallel)
+    main = open_llamacpp_engine(path, threads=threads, ctx=ctx, quant=quant, template=template, parallel=parallel,
+                                prompt_cache=prompt_cache)
     served = [ServedModel(name or served_name(path), main)]
     for adapter_name, file in adapters.items():
         if Path(file).suffix != ".gguf" or not Path(file).is_file():
@@ -207,16 +209,18 @@ def _open_gguf(path: str, adapters: dict[str, str], name: str | None, template: 
         if is_adapter_gguf(file):
             tmpl = get_template(template) if template and template != "auto" else main.template
             engine: Engine = LlamaCppEngine(main.path, threads=threads, ctx=ctx, template=tmpl, lora=file,
-                                            parallel=parallel)
+                                            parallel=parallel, prompt_cache=prompt_cache)
         else:
-            engine = open_llamacpp_engine(file, threads=threads, ctx=ctx, template=template, parallel=parallel)
+            engine = open_llamacpp_engine(file, threads=threads, ctx=ctx, template=template, parallel=parallel,
+                                          prompt_cache=prompt_cache)
         served.append(ServedModel(adapter_name, engine, parent=served[0].name))
     return served
 
 
 def open_registry(model_or_run: str, adapters: dict[str, str] | None = None, *, name: str | None = None,
                   template: str | None = None, ctx: int | None = None, threads: int | None = None,
-                  engine: str = "auto", quant: str = "q8_0", parallel: int | None = None) -> Registry:
+                  engine: str = "auto", quant: str = "q8_0", parallel: int | None = None,
+                  prompt_cache: bool = True) -> Registry:
     """Load what ``llamabrew serve`` serves. ``engine`` auto: a .gguf runs on llama.cpp, anything else on torch;
     llamacpp: a run or model directory is exported to GGUF (``quant``) on the fly, and ``parallel`` requests
     generate together (torch serves one at a time)."""
@@ -225,7 +229,8 @@ def open_registry(model_or_run: str, adapters: dict[str, str] | None = None, *, 
 
     adapters = adapters or {}
     if runs_on_llamacpp(engine, model_or_run):
-        return Registry(_open_gguf(model_or_run, adapters, name, template, ctx, threads, quant, parallel))
+        return Registry(_open_gguf(model_or_run, adapters, name, template, ctx, threads, quant, parallel,
+                                   prompt_cache))
     if adapters or is_adapter_dir(model_or_run):
         return Registry(_open_torch(model_or_run, adapters, name, template))
     engine = open_torch_engine(model_or_run, template=template)
