@@ -8,17 +8,18 @@ owns a llama.cpp context with ``slots`` sequences and a thread that repeats one 
    already computed, as llama.cpp's server does with its prompt cache), else the one used least recently;
 2. every slot that is generating feeds its last token, all in one call, and samples its next one with its own
    sampler chain (temperature, top-k/p, repetition penalty, seed), stop strings and token limit;
-3. one slot still reading its prompt feeds the next chunk of it, so a long prompt stalls the others for one
-   chunk at a time.
+3. one slot still reading its prompt feeds the next chunk of it (32 tokens), so a long prompt stalls the others
+   for one chunk at a time.
 
 A cancelled request leaves at the start of the next step. Same answers under load: measured on llama.cpp as
-built into llama-cpp-python 0.3.36, a row's logits are bitwise the same whatever else shares its call *if*
-flash attention is off (its CPU kernel changes with the number of queries), every sequence has its own KV
-stream (``kv_unified`` off), no product has a single row (1-row products take another kernel: a lone token
-gets a throwaway partner, and a call wanting one row's logits asks for a second row's too), and prompt chunks
-and decode steps go in separate calls (llama.cpp splits a mixed batch into equal per-sequence pieces, which
-can leave a row alone). Repacked / AMX weight buffers may compute rows in groups with another kernel for the
-leftover rows: `batch_invariant` measures all this at load, and the engine then keeps plain buffers.
+built into llama-cpp-python 0.3.36, a row's logits are bitwise the same whatever else shares its call *if* no
+call carries 64 or more tokens of one sequence (flash attention's CPU kernel changes there, so prompts go in
+chunks of 32), every sequence has its own KV stream (``kv_unified`` off), no product has a single row (1-row
+products take another kernel: a lone token gets a throwaway partner, and a call wanting one row's logits asks
+for a second row's too), and prompt chunks and decode steps go in separate calls (llama.cpp splits a mixed
+batch into equal per-sequence pieces, which can leave a row alone). Repacked / AMX weight buffers may compute
+rows in groups with another kernel for the leftover rows: `batch_invariant` measures all this at load, and
+the engine then keeps plain buffers.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from llamabrew.errors import LlamabrewError
 log = logging.getLogger(__name__)
 DECODE_LOCK = threading.Lock()  # one llama_decode at a time in this process: models served side by side share cores
 PENALTY_LAST_N = 64  # the repetition penalty looks at the last 64 tokens, as llama-cpp-python's `Llama` does
-PREFILL_CHUNK = 64  # prompt tokens per step while other slots are generating
+PREFILL_CHUNK = 32  # prompt tokens per call: flash attention's CPU kernel takes another path from 64 queries on
 Row = tuple[int, int, int, bool]  # token, position, sequence, whether its logits are wanted
 
 
@@ -161,7 +162,8 @@ class BatchRunner:
         params.n_ctx, params.n_seq_max, params.kv_unified = slots * ctx_per_slot, slots, False
         params.n_batch = params.n_ubatch = self.n_batch
         params.n_threads = params.n_threads_batch = threads
-        params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        params.flash_attn_type = (llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED if all_logits  # as `Llama` verified
+                                  else llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO)
         if all_logits:
             params.n_outputs_max_per_seq = 0  # every position's logits (export verification)
         else:  # a step's logits: one row per slot, or the two rows of a prompt chunk's end
@@ -303,7 +305,7 @@ class BatchRunner:
             slot = min(reading, key=lambda s: s.used)  # the earliest request first
             job, start = slot.job, len(slot.cached)
             assert job is not None
-            chunk = job.ids[start : start + (self.chunk if generating else self.n_batch)]
+            chunk = job.ids[start : start + self.chunk]
             last = start + len(chunk) == len(job.ids)
             rows = [(t, start + j, slot.seq, last and j == len(chunk) - 1) for j, t in enumerate(chunk)]
             if self._feed(rows, [slot]):
@@ -379,25 +381,28 @@ class BatchRunner:
         return out
 
     def batch_invariant(self) -> bool:
-        """Whether a sequence's logits are bitwise the same whatever shares its call: a prompt read whole and
-        in chunks of 2, 3, 5, 7, and its next token alone and beside 1 to slots-1 others."""
-        ids = [(7919 * i + 13) % self.n_vocab for i in range(1, 14)]
+        """Whether a sequence's logits are bitwise the same whatever shares its call: a 33-token prompt read as
+        the engine reads it (32 + 1) and in chunks of 2, 3, 5, 7, and its next token alone and beside 1 to
+        slots-1 others."""
+        n = 33
+        ids = [(7919 * i + 13) % self.n_vocab for i in range(1, n + 2)]
+
+        def read(seq: int, size: int) -> np.ndarray:
+            for start in range(0, n, size):
+                chunk = ids[start : min(n, start + size)]
+                self._decode([(t, start + j, seq, start + j == n - 1) for j, t in enumerate(chunk)])
+            return self._logits(len(chunk) - 1)
+
         self._clear()
-        self._decode([(t, j, 0, j == 11) for j, t in enumerate(ids[:12])])
-        whole, same = self._logits(11), True
-        for seq in range(1, self.n_slots):
-            size = (2, 3, 5, 7)[seq % 4]
-            for start in range(0, 12, size):
-                chunk = ids[start : min(12, start + size)]
-                self._decode([(t, start + j, seq, start + j == 11) for j, t in enumerate(chunk)])
-            same = same and np.array_equal(self._logits(len(chunk) - 1), whole)
-        self._decode([(ids[12], 12, 0, True)])
+        whole = read(0, self.chunk)
+        same = all(np.array_equal(read(seq, (2, 3, 5, 7)[seq % 4]), whole) for seq in range(1, self.n_slots))
+        self._decode([(ids[n], n, 0, True)])
         alone = self._logits(0)
-        self._lib.llama_memory_seq_rm(self.memory, 0, 12, -1)
+        self._lib.llama_memory_seq_rm(self.memory, 0, n, -1)
         for k in range(2, self.n_slots + 1):
-            self._decode([(ids[12], 12, seq, True) for seq in range(k)])
+            self._decode([(ids[n], n, seq, True) for seq in range(k)])
             same = same and all(np.array_equal(self._logits(i), alone) for i in range(k))
             for seq in range(k):
-                self._lib.llama_memory_seq_rm(self.memory, seq, 12, -1)
+                self._lib.llama_memory_seq_rm(self.memory, seq, n, -1)
         self._clear()
         return same
