@@ -9,7 +9,7 @@ owns a llama.cpp context with ``slots`` sequences and a thread that repeats one 
 2. every slot that is generating feeds its last token, all in one call, and samples its next one with its own
    sampler chain (temperature, top-k/p, repetition penalty, seed), stop strings and token limit;
 3. one slot still reading its prompt feeds the next chunk of it (32 tokens), so a long prompt stalls the others
-   for one chunk at a time.
+   for one chunk at a time (with no one generating, every reading slot feeds a chunk).
 
 A cancelled request leaves at the start of the next step. Same answers under load: measured on llama.cpp as
 built into llama-cpp-python 0.3.36, a row's logits are bitwise the same whatever else shares its call *if* no
@@ -300,19 +300,20 @@ class BatchRunner:
                     token = self._lib.llama_sampler_sample(slot.sampler.sampler, self.ctx, i)
                     slot.cached.append(slot.next_token)  # type: ignore[arg-type]
                     self._advance(slot, token)
-        reading = [s for s in self.slots if s.job is not None and s.next_token is None]
-        if reading:
-            slot = min(reading, key=lambda s: s.used)  # the earliest request first
-            job, start = slot.job, len(slot.cached)
-            assert job is not None
-            chunk = job.ids[start : start + self.chunk]
-            last = start + len(chunk) == len(job.ids)
-            rows = [(t, start + j, slot.seq, last and j == len(chunk) - 1) for j, t in enumerate(chunk)]
-            if self._feed(rows, [slot]):
-                slot.cached.extend(chunk)
-                if last:
-                    self._advance(slot, self._lib.llama_sampler_sample(slot.sampler.sampler, self.ctx,
-                                                                       len(rows) - 1))
+        reading = sorted((s for s in self.slots if s.job is not None and s.next_token is None), key=lambda s: s.used)
+        for slot in reading if not generating else reading[:1]:  # the earliest first; all when no one waits
+            self._read_chunk(slot)
+
+    def _read_chunk(self, slot: Slot) -> None:
+        job, start = slot.job, len(slot.cached)
+        assert job is not None
+        chunk = job.ids[start : start + self.chunk]
+        last = start + len(chunk) == len(job.ids)
+        rows = [(t, start + j, slot.seq, last and j == len(chunk) - 1) for j, t in enumerate(chunk)]
+        if self._feed(rows, [slot]):
+            slot.cached.extend(chunk)
+            if last:
+                self._advance(slot, self._lib.llama_sampler_sample(slot.sampler.sampler, self.ctx, len(rows) - 1))
 
     def _advance(self, slot: Slot, token: int) -> None:
         assert slot.job is not None
