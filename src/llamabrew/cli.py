@@ -169,7 +169,8 @@ def chat(
     if runs_on_llamacpp(engine_name, model):
         from llamabrew.export import open_llamacpp_engine
 
-        engine = open_llamacpp_engine(model, threads=threads, ctx=ctx, quant=quant, template=template)
+        engine = open_llamacpp_engine(model, threads=threads, ctx=ctx, quant=quant, template=template,
+                                      parallel=1)  # one person: one KV-cache slot
     else:
         set_threads(threads)
         engine = open_torch_engine(model, adapter=adapter, template=template)

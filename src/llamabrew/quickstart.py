@@ -130,7 +130,7 @@ def run(out: Path, entities: int = 200, pretrain_minutes: float = 4.0, seed: int
     if ggufs:
         from llamabrew.export import open_llamacpp_engine
 
-        engine: Engine = open_llamacpp_engine(str(ggufs["q4_k_m"]), announce=False)
+        engine: Engine = open_llamacpp_engine(str(ggufs["q4_k_m"]), announce=False, parallel=1)
     else:
         engine = open_torch_engine(str(shipped))
     for person in held_out[:3]:

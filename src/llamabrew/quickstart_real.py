@@ -99,7 +99,7 @@ def run(out: Path, seed: int = 0, train_minutes: float = TRAIN_MINUTES, gguf: bo
         ggufs = {r.quant: r.path for r in report.results}
         if (score := report.results[0].score) is not None:
             gguf_greeted = greeted_share(score)
-        engine = open_llamacpp_engine(str(ggufs[GGUF_QUANT]), announce=False)
+        engine = open_llamacpp_engine(str(ggufs[GGUF_QUANT]), announce=False, parallel=1)
         for ex in held_out[:: max(1, len(held_out) // 3)][:3]:
             reply = generate_text(engine, [{"role": "user", "content": ex["instruction"]}], GREEDY)
             console.print(f"[bold]you>[/] {ex['instruction']}\n[bold]bot>[/] {reply.strip()}   "

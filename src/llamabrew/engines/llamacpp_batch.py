@@ -14,12 +14,13 @@ owns a llama.cpp context with ``slots`` sequences and a thread that repeats one 
 A cancelled request leaves at the start of the next step. Same answers under load: measured on llama.cpp as
 built into llama-cpp-python 0.3.36, a row's logits are bitwise the same whatever else shares its call *if* no
 call carries 64 or more tokens of one sequence (flash attention's CPU kernel changes there, so prompts go in
-chunks of 32), every sequence has its own KV stream (``kv_unified`` off), no product has a single row (1-row
-products take another kernel: a lone token gets a throwaway partner, and a call wanting one row's logits asks
-for a second row's too), and prompt chunks and decode steps go in separate calls (llama.cpp splits a mixed
-batch into equal per-sequence pieces, which can leave a row alone). Repacked / AMX weight buffers may compute
-rows in groups with another kernel for the leftover rows: `batch_invariant` measures all this at load, and
-the engine then keeps plain buffers.
+chunks of 32), every sequence has its own KV stream (``kv_unified`` off), prompt chunks and decode steps go
+in separate calls (llama.cpp splits a mixed batch into equal per-sequence pieces, which can leave a row alone),
+and, where 1-row products take another kernel (f16 weights here), no product has a single row: a lone token
+gets a throwaway partner and a call wanting one row's logits asks for a second row's too (that costs a lone
+request about a third of its speed, so it is done only where needed). Repacked / AMX weight buffers may
+compute rows in groups with another kernel for the leftover rows. `batch_invariant` measures all this at
+load; the engine pads only where it must, and falls back to plain weight buffers where padding is not enough.
 """
 
 from __future__ import annotations
@@ -185,6 +186,7 @@ class BatchRunner:
         self.calls: deque[Callable[[], None]] = deque()
         self.cond = threading.Condition()
         self.closing, self.error = False, None
+        self.pad = True  # no 1-row products (see `batch_invariant`; the engine turns it off where they agree)
         self._clock = itertools.count(1)
         self.thread = threading.Thread(target=self._run, daemon=True, name="llamabrew-batch")
         self.thread.start()
@@ -341,10 +343,10 @@ class BatchRunner:
             return False
 
     def _decode(self, rows: list[Row]) -> None:
-        pad = rows[0] if len(rows) == 1 else None
+        pad = rows[0] if len(rows) == 1 and self.pad else None
         if pad:  # a throwaway partner at the next position: a 1-row product would take another kernel
             rows = [*rows, (pad[0], pad[1] + 1, pad[2], True)]
-        elif sum(r[3] for r in rows) == 1:  # the same for the output layer: logits of a second row too
+        elif self.pad and sum(r[3] for r in rows) == 1:  # the same for the output layer: a second row's logits
             i = 1 if rows[0][3] else 0
             rows = [*rows[:i], (*rows[i][:3], True), *rows[i + 1 :]]
         b = self.batch
@@ -354,6 +356,7 @@ class BatchRunner:
             b.seq_id[i][0] = seq
         with DECODE_LOCK:
             rc = self._lib.llama_decode(self.ctx, b)
+            self._lib.llama_synchronize(self.ctx)  # the graph may still run: finish it before touching the cache
         if pad:
             self._lib.llama_memory_seq_rm(self.memory, pad[2], pad[1] + 1, -1)
         if rc != 0:

@@ -67,6 +67,9 @@ def serve(
                   f"{url}/v1{'  (API key required)' if api_key else ''}", highlight=False)
     for line in registry.describe_slots():
         console.print(f"  {line}", highlight=False)
+    if r.parallel and not any(getattr(m.engine, "runner", None) for m in registry.models.values()):
+        console.print("[yellow]note:[/] --parallel applies to llama.cpp (a .gguf or --engine llamacpp); the torch "
+                      "engine serves one request at a time", highlight=False)
     if not is_local(host) and not api_key:
         console.print("[yellow]warning:[/] listening beyond this machine without --api-key: anyone who can "
                       "reach it can use it", highlight=False)
