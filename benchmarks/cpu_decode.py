@@ -97,7 +97,7 @@ def time_direct(llm, ids: list[int], tokens: int) -> float:
 
 
 def time_engine(engine: LlamaCppEngine, ids: list[int], tokens: int) -> float:
-    """(its slot keeps the prompt cached between rounds, as `Llama.generate` keeps its matching prefix)"""
+    """(opened without the prompt cache: it reads the prompt every round, as the direct call after its reset)"""
     sampling = Sampling(**{**GREEDY.__dict__, "max_new_tokens": tokens})
     t0 = time.perf_counter()
     for _ in engine.stream_ids(ids, sampling):
@@ -148,7 +148,7 @@ def llama_worker(conn: Connection, path: str, ids: list[int], tokens: int, threa
     llama.cpp runs apart from torch because torch's oneDNN releases the AMX tiles after its bf16 kernels, and
     llama.cpp (which configures them once per thread) then dies with SIGILL on its next batched prompt."""
     llm = load_llama(path, n_ctx=512, threads=threads)
-    engine = LlamaCppEngine(path, threads=threads, ctx=512, announce=False, parallel=1)
+    engine = LlamaCppEngine(path, threads=threads, ctx=512, announce=False, parallel=1, prompt_cache=False)
     direct = functools.partial(time_direct, llm, ids, tokens)
     ours = functools.partial(time_engine, engine, ids, tokens)
     time_direct(llm, ids, 8)  # warm-up: weights paged in
