@@ -81,6 +81,10 @@ class OptimConfig(Section):
                                          "(default: $LLAMABREW_USD_PER_HOUR); shown in the plan and the summary")
     budget_usd: float | None = Field(None, gt=0, description="stop cleanly, with a checkpoint, once the time spent "
                                      "costs this much at price_per_hour (resumed runs count what came before)")
+    parallel: Literal["auto", "ddp", "fsdp"] = Field(
+        "auto", description="under torchrun / accelerate launch with several ranks: ddp (a whole model per device) "
+        "or fsdp (weights, gradients and optimizer state sharded; full fine-tuning); auto: fsdp for --method "
+        "full, ddp for LoRA")
 
 
 class PretrainOptimConfig(OptimConfig):
