@@ -205,8 +205,10 @@ class ServeRecipe(Section):
     port: int = Field(8000, ge=0, le=65535, description="port to listen on")
     name: str | None = Field(None, description="model name of model (default: its folder name)")
     template: str | None = Field(None, description="override the chat template (default: the trained one)")
-    engine: Literal["auto", "torch", "llamacpp"] = Field("auto", description="auto (.gguf → llamacpp, else "
-                                                          "torch), torch or llamacpp (a run is exported on the fly)")
+    engine: Literal["auto", "torch", "llamacpp", "vllm"] = Field(
+        "auto", description="auto (.gguf → llamacpp, else torch), torch, llamacpp (a run is exported on the fly) "
+        "or vllm (vLLM's own server as a child process: the vllm extra, CUDA)")
+    start_timeout: float = Field(900, gt=0, description="seconds to wait for vLLM to answer (--engine vllm)")
     quant: str = Field("q8_0", description="quant type when exporting a run for engine llamacpp")
     ctx: int | None = Field(None, gt=0, description="llama.cpp context length (default: the model's)")
     threads: int | None = Field(None, gt=0, description="CPU threads (default: free cores)")

@@ -126,8 +126,8 @@ def fit(
     """Train ``model``'s trainable parameters; checkpoints go to ``out/checkpoints``, the loss log to ``out``.
 
     ``objective`` defaults to `CausalLM` and ``batcher`` to `PaddedBatcher(pad_id)`: the same run as before
-    either existed. ``parallel``: ``model`` set up for several ranks (`train.distributed.DataParallel`, which
-    holds the objective); default one process.
+    either existed. ``parallel``: ``model`` set up for several ranks with its objective
+    (`train.distributed.DataParallel`); default one process.
     """
     if cfg.learning_rate is None or cfg.grad_accum is None:
         raise ValueError("fit needs a learning rate and gradient accumulation (llamabrew.train.defaults.resolve)")
@@ -135,6 +135,8 @@ def fit(
         if pad_id is None:
             raise ValueError("fit needs pad_id, or a batcher that knows its padding")
         batcher = PaddedBatcher(pad_id)
+    if parallel is not None and objective is not None and objective is not parallel.objective:
+        raise ValueError("fit: the objective is the one parallel was set up with")
     par = parallel or DataParallel(model, objective or CausalLM(), device)
     objective, main = par.objective, par.ranks.main
     n_steps = total_steps(train, cfg, batcher)

@@ -184,7 +184,8 @@ def fit_and_save(recipe: Recipe, model: Any, tokenizer: Any, template: Template,
         save_recipe(recipe, out)
     parallel = DataParallel(model, objective, device, how, ranks)
     result: FitResult = fit(model, train, val, recipe.optim, out, device=device, batcher=batcher, dtype=dtype,
-                            resume=recipe.resume, description=f"{what} training", parallel=parallel)
+                            objective=objective, resume=recipe.resume, description=f"{what} training",
+                            parallel=parallel)
     tokenizer.chat_template = template.jinja  # the trained format travels with the run (chat, export, vLLM)
     parallel.save_pretrained(out, save)
     if not ranks.main:
