@@ -1,6 +1,7 @@
 """`llamabrew` as torchrun starts it, with Python's audit hook recording every file this rank opens for writing,
-creates, renames or deletes under $AUDIT_DIR: one line per event, appended to $AUDIT_LOG.<rank> (outside that
-directory). tests/train/test_distributed.py reads the logs to show that only rank 0 writes the run."""
+creates, renames or deletes under $AUDIT_DIR (and every safetensors file it saves, which Rust writes): one line
+per event, appended to $AUDIT_LOG.<rank> (outside that directory). tests/train/test_distributed.py reads the logs
+to show that only rank 0 writes the run."""
 
 from __future__ import annotations
 
@@ -38,6 +39,16 @@ def install(root: str, log: str) -> None:
             os.close(fd)
 
     sys.addaudithook(hook)
+
+    import safetensors.torch  # writes from Rust, unseen by the hook: recorded where Python hands it the path
+
+    write_safetensors = safetensors.torch.save_file
+
+    def save_file(tensors: object, filename: str, *args: object, **kwargs: object) -> None:
+        hook("open", (str(filename), "wb", 0))
+        write_safetensors(tensors, filename, *args, **kwargs)
+
+    safetensors.torch.save_file = save_file  # before llamabrew, transformers and peft import it
 
 
 if __name__ == "__main__":
