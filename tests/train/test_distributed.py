@@ -1,9 +1,9 @@
 """`llamabrew train` under torchrun with 2 ranks over gloo (CPU): the same run as one process, written by rank 0.
 
-Each run is a real launch (``python -m torch.distributed.run --standalone``) of the tiny random LLaMA, fp32, one
-thread per rank. The 2-rank runs go through `audited_llamabrew.py`, which records every write a rank makes
-under the output directory, so "rank 1 writes nothing" is observed, not assumed (rank 0's record shows the
-recorder sees writes).
+Each 2-rank run is a real launch (``python -m torch.distributed.run --standalone``) of the tiny random LLaMA,
+fp32, one thread per rank; the 1-process runs they are compared with go through the same CLI in this process.
+The audited launches go through `audited_llamabrew.py`, which records every write a rank makes under the output
+directory, so "rank 1 writes nothing" is observed, not assumed (rank 0's record shows the recorder sees writes).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from export.conftest import make_lora_run  # a LoRA run as `llamabrew train` writes it
 from safetensors.torch import load_file
 from test_resume import write_data  # the resume test's data: "Add a and b." → "a + b = c."
 
@@ -36,10 +37,14 @@ def args(base: Path, data: Path, out: Path, *extra: str) -> list[str]:
             "--set", "optim.keep_checkpoints=20", *extra]
 
 
-def one_process(cmd: list[str]) -> subprocess.CompletedProcess:
-    done = subprocess.run([sys.executable, "-m", "llamabrew.cli", *cmd], env=ENV, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done
+def one_process(cmd: list[str]) -> None:
+    """`llamabrew` in this process (no launcher: one rank), through the CLI as the launches go."""
+    from typer.testing import CliRunner
+
+    from llamabrew.cli import app
+
+    done = CliRunner().invoke(app, cmd)
+    assert done.exit_code == 0, (done.output[-3000:], done.exception)
 
 
 def torchrun(n: int, cmd: list[str], audit: Path | None = None, **kw) -> list[str]:
@@ -59,16 +64,14 @@ def losses(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "loss.jsonl").read_text().splitlines()]
 
 
-def assert_same_run(a: Path, b: Path, weights: str, rel: float) -> None:
-    """Per step: loss, gradient norm, tokens, validation loss; then the saved weights."""
+def assert_same_run(a: Path, b: Path, weights: str, rel: float, steps: int = STEPS) -> None:
+    """Per step: loss, gradient norm, tokens, validation loss and the objective's metrics; then the weights."""
     la, lb = losses(a), losses(b)
-    assert [r["step"] for r in la] == [r["step"] for r in lb] == list(range(1, STEPS + 1))
+    assert [r["step"] for r in la] == [r["step"] for r in lb] == list(range(1, steps + 1))
     for ra, rb in zip(la, lb, strict=True):
-        assert ra["tokens"] == rb["tokens"]
-        for key in ("loss", "grad_norm", "val_loss"):
-            assert (key in ra) == (key in rb)
-            if key in ra:
-                assert rb[key] == pytest.approx(ra[key], rel=rel, abs=1e-6), (ra["step"], key)
+        assert ra["tokens"] == rb["tokens"] and ra.keys() == rb.keys()
+        for key in ra.keys() - {"step", "tokens", "lr"}:
+            assert rb[key] == pytest.approx(ra[key], rel=rel, abs=1e-6), (ra["step"], key)
     wa, wb = load_file(str(a / weights)), load_file(str(b / weights))
     assert wa.keys() == wb.keys()
     for k in wa:
@@ -171,3 +174,20 @@ def test_full_fine_tuning_under_fsdp_as_one_process_and_resumed_from_a_one_proce
             shutil.rmtree(ckpt)
     launch(2, [*args(tiny_model_dir, data, resumed, *full), "--resume"])
     assert_same_run(one, resumed, "model.safetensors", rel=1e-5)
+
+
+def test_dpo_on_two_ranks_is_the_one_process_run(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Preference tuning goes the same way: DPO switches to its frozen reference adapter inside the DDP forward;
+    its margins and held-out accuracy are summed over the ranks like the loss."""
+    sft = make_lora_run(tiny_model_dir, tmp_path / "sft", template="alpaca_short")
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"prompt": f"Add {a} and {b}.", "chosen": f"{a} + {b} = {a + b}.",
+                                         "rejected": f"{a + b + 1}"}) + "\n" for a in range(8) for b in range(6)))
+    dpo = ["train", "--method", "dpo", "--adapter", str(sft), "--data", str(pairs), "--max-steps", "6",
+           "--micro-batch-size", "2", "--grad-accum", "4", "--eval-every", "3", "--val-fraction", "0.2",
+           "--lora-dropout", "0.1", "--threads", "1", "--seed", "7", "--precision", "fp32"]
+    one_process([*dpo, "--out", str(tmp_path / "one")])
+    launch(2, [*dpo, "--out", str(tmp_path / "two")])
+    assert_same_run(tmp_path / "one", tmp_path / "two", "adapter_model.safetensors", rel=1e-5, steps=6)
+    last = losses(tmp_path / "two")[-1]
+    assert last["margin"] > 0 and "val_accuracy" in last  # it trained, and held-out pairs were scored
