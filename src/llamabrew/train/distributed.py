@@ -287,6 +287,8 @@ class DataParallel:
             weights = {k: v for k, v in weights.items() if k in trained}
         elif self.ranks.main:
             weights, optim = trainable_state(self.model), optimizer_state_by_name(self.model, optimizer)
+        else:
+            return
         if self.ranks.main:
             save_checkpoint(root, Checkpoint(weights, optim, scheduler.state_dict(), progress, rng_state()), keep)
 

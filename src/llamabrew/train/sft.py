@@ -95,8 +95,9 @@ def encode_split(name: str, examples: list[Example], tokenizer: Any, template: T
 def attach_lora(model: Any, recipe: Recipe, task_type: str = "CAUSAL_LM") -> Any:
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-    if recipe.model.quantize_4bit:
-        model = prepare_model_for_kbit_training(model)
+    if recipe.model.quantize_4bit:  # under DDP, reentrant checkpointing marks gradients ready twice: not that one
+        reentrant = {"use_reentrant": False} if launched().world > 1 else None
+        model = prepare_model_for_kbit_training(model, gradient_checkpointing_kwargs=reentrant)
     cfg = LoraConfig(
         r=recipe.lora.r, lora_alpha=recipe.lora.alpha, lora_dropout=recipe.lora.dropout,
         target_modules=recipe.lora.target_modules, task_type=task_type,
