@@ -119,6 +119,17 @@ def serve(args: list[str], fake_bin: Path | None, record: Path, log: Path, **env
                                 env=full_env, stdout=out, stderr=subprocess.STDOUT)
 
 
+def invoke(args: list[str], fake_bin: Path | None, record: Path, **env: str):
+    """`llamabrew serve --engine vllm` in this process (for the cases that need no signal from outside)."""
+    from typer.testing import CliRunner
+
+    from llamabrew.cli import app
+
+    path = f"{fake_bin}{os.pathsep}{os.environ['PATH']}" if fake_bin else str(record.parent / "empty")
+    return CliRunner().invoke(app, ["serve", "--engine", "vllm", *args],
+                              env={"PATH": path, "FAKE_VLLM_RECORD": str(record), "COLUMNS": "200", **env})
+
+
 def wait_for(predicate, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -164,12 +175,10 @@ def test_serve_engine_vllm_waits_until_it_answers_then_forwards_ctrl_c(runs: dic
 
 def test_a_vllm_that_never_answers_is_stopped_after_the_timeout(runs: dict[str, Path], fake_bin: Path,
                                                                tmp_path: Path) -> None:
-    record, log = tmp_path / "record.jsonl", tmp_path / "serve.log"
-    proc = serve([str(runs["pirate"]), "--port", str(free_port()), "--start-timeout", "2"], fake_bin, record, log,
-                 FAKE_VLLM_DELAY="120")
-    assert proc.wait(60) == 2
-    out = log.read_text()
-    assert "did not answer" in out and "--start-timeout" in out and "Traceback" not in out
+    record = tmp_path / "record.jsonl"
+    done = invoke([str(runs["pirate"]), "--port", str(free_port()), "--start-timeout", "2"], fake_bin, record,
+                  FAKE_VLLM_DELAY="120")
+    assert done.exit_code == 2 and "did not answer" in done.output and "--start-timeout" in done.output
     seen = records(record)
     assert ("signal", signal.SIGTERM) in seen and ("stopped", 0) in seen  # stopped, not killed
     assert not alive(next(v for k, v in seen if k == "pid"))
@@ -187,18 +196,16 @@ def test_sigterm_while_vllm_starts_stops_it_too(runs: dict[str, Path], fake_bin:
 
 
 def test_a_vllm_that_exits_early_is_one_error_line(runs: dict[str, Path], fake_bin: Path, tmp_path: Path) -> None:
-    record, log = tmp_path / "record.jsonl", tmp_path / "serve.log"
-    proc = serve([str(runs["pirate"]), "--port", str(free_port())], fake_bin, record, log, FAKE_VLLM_EXIT="3")
-    assert proc.wait(60) == 2
-    assert "vLLM exited with code 3 before it answered" in log.read_text()
+    done = invoke([str(runs["pirate"]), "--port", str(free_port())], fake_bin, tmp_path / "record.jsonl",
+                  FAKE_VLLM_EXIT="3")
+    assert done.exit_code == 2 and "vLLM exited with code 3 before it answered" in done.output
 
 
 def test_without_vllm_it_names_the_extra(runs: dict[str, Path], tmp_path: Path) -> None:
-    record, log = tmp_path / "record.jsonl", tmp_path / "serve.log"
-    proc = serve([str(runs["pirate"])], None, record, log)
-    assert proc.wait(60) == 2
-    lines = [ln for ln in log.read_text().splitlines() if ln.strip()]
-    assert len(lines) == 1 and 'pip install "llamabrew[vllm]"' in lines[0], lines
+    record = tmp_path / "record.jsonl"
+    done = invoke([str(runs["pirate"])], None, record)
+    lines = [ln for ln in done.output.splitlines() if ln.strip()]
+    assert done.exit_code == 2 and len(lines) == 1 and 'pip install "llamabrew[vllm]"' in lines[0], lines
     assert not record.exists()
 
 
