@@ -50,7 +50,7 @@ TRAIN_FLAGS: Flags = {
     "beta": "preference.beta", "loss": "preference.loss", "reward": "grpo.reward",
     "group_size": "grpo.group_size", "kl_coef": "grpo.kl_coef",
     "max_completion_tokens": "grpo.max_completion_tokens", "temperature": "grpo.temperature",
-    "budget_usd": "optim.budget_usd", "price_per_hour": "optim.price_per_hour",
+    "budget_usd": "optim.budget_usd", "price_per_hour": "optim.price_per_hour", "parallel": "optim.parallel",
 }
 PRETRAIN_FLAGS: Flags = {
     "corpus": "corpus", "out": "out", "params": "params", "max_minutes": "optim.max_minutes",
@@ -70,8 +70,11 @@ def train(
     """Fine-tune a causal LM (LoRA by default) on instruction data; --method dpo / reward on preference pairs,
     grpo on prompts with a reward."""
     from llamabrew import train as train_stage
+    from llamabrew.train.distributed import launched
 
     result = train_stage.run(load_recipe(Recipe, recipe, overrides))
+    if not launched().main:  # under torchrun, rank 0 speaks for all
+        return
     console.print(f"[green]done[/]: {result.steps} steps, train loss {result.train_loss:.4f}"
                   + (f", validation loss {result.val_loss:.4f}" if result.val_loss is not None else "")
                   + f" · adapter, loss.jsonl, loss.png in {result.out}", highlight=False)

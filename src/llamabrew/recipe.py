@@ -81,6 +81,10 @@ class OptimConfig(Section):
                                          "(default: $LLAMABREW_USD_PER_HOUR); shown in the plan and the summary")
     budget_usd: float | None = Field(None, gt=0, description="stop cleanly, with a checkpoint, once the time spent "
                                      "costs this much at price_per_hour (resumed runs count what came before)")
+    parallel: Literal["auto", "ddp", "fsdp"] = Field(
+        "auto", description="under torchrun / accelerate launch with several ranks: ddp (a whole model per device) "
+        "or fsdp (weights, gradients and optimizer state sharded; full fine-tuning); auto: fsdp for --method "
+        "full, ddp for LoRA")
 
 
 class PretrainOptimConfig(OptimConfig):
@@ -201,8 +205,10 @@ class ServeRecipe(Section):
     port: int = Field(8000, ge=0, le=65535, description="port to listen on")
     name: str | None = Field(None, description="model name of model (default: its folder name)")
     template: str | None = Field(None, description="override the chat template (default: the trained one)")
-    engine: Literal["auto", "torch", "llamacpp"] = Field("auto", description="auto (.gguf → llamacpp, else "
-                                                          "torch), torch or llamacpp (a run is exported on the fly)")
+    engine: Literal["auto", "torch", "llamacpp", "vllm"] = Field(
+        "auto", description="auto (.gguf → llamacpp, else torch), torch, llamacpp (a run is exported on the fly) "
+        "or vllm (vLLM's own server as a child process: the vllm extra, CUDA)")
+    start_timeout: float = Field(900, gt=0, description="seconds to wait for vLLM to answer (--engine vllm)")
     quant: str = Field("q8_0", description="quant type when exporting a run for engine llamacpp")
     ctx: int | None = Field(None, gt=0, description="llama.cpp context length (default: the model's)")
     threads: int | None = Field(None, gt=0, description="CPU threads (default: free cores)")

@@ -8,7 +8,7 @@ the same call; none of them needs the loop edited.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -114,6 +114,22 @@ class CausalLM:
 
 
 @torch.no_grad()
+def objective_sums(compute: Callable[[dict[str, torch.Tensor]], ObjectiveOutput],
+                   batches: Sequence[dict[str, torch.Tensor]], device: torch.device,
+                   weights: Sequence[int] | None = None) -> tuple[float, int, dict[str, float]]:
+    """Summed loss, targets and target-weighted metrics of ``compute`` over batches (a batch of weight 0 is
+    computed and not counted: ranks with fewer batches still run as many)."""
+    total, n = 0.0, 0
+    sums: dict[str, float] = {}
+    for b, w in zip(batches, weights or [1] * len(batches), strict=True):
+        out = compute({k: v.to(device) for k, v in b.items()})
+        total += w * float(out.loss)
+        n += w * out.targets
+        for k, v in out.metrics.items():
+            sums[k] = sums.get(k, 0.0) + w * v * out.targets
+    return total, n, sums
+
+
 def evaluate_objective(model: torch.nn.Module, batches: Sequence[dict[str, torch.Tensor]], device: torch.device,
                        objective: Objective | None = None) -> tuple[float, dict[str, float]]:
     """Target-weighted mean loss over batches, and the objective's metrics weighted the same way (held-out
@@ -121,14 +137,7 @@ def evaluate_objective(model: torch.nn.Module, batches: Sequence[dict[str, torch
     objective = objective or CausalLM()
     was_training = model.training
     model.eval()
-    total, n = 0.0, 0
-    sums: dict[str, float] = {}
-    for b in batches:
-        out = objective(model, {k: v.to(device) for k, v in b.items()})
-        total += float(out.loss)
-        n += out.targets
-        for k, v in out.metrics.items():
-            sums[k] = sums.get(k, 0.0) + v * out.targets
+    total, n, sums = objective_sums(lambda b: objective(model, b), batches, device)
     model.train(was_training)
     return total / max(n, 1), {k: v / max(n, 1) for k, v in sums.items()}
 

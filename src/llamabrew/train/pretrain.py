@@ -31,6 +31,7 @@ from llamabrew.recipe import PretrainRecipe, save_recipe
 from llamabrew.run import Run, RunSummary
 from llamabrew.train.checkpoint import list_checkpoints
 from llamabrew.train.cost import budget_seconds, run_cost
+from llamabrew.train.distributed import launched
 from llamabrew.train.loop import autocast_for, fit, steps_per_epoch
 from llamabrew.train.objective import CausalLM
 from llamabrew.train.plan import format_duration
@@ -204,6 +205,9 @@ def run(recipe: PretrainRecipe) -> Path:
     from transformers import AutoTokenizer, LlamaForCausalLM
 
     out, run_dir = Path(recipe.out), Run(recipe.out)
+    if launched().world > 1:
+        raise LlamabrewError("pretrain runs in one process (it sizes its model to one device's measured speed): "
+                             "launch it without torchrun / accelerate")
     budget_seconds(recipe.optim)  # a budget without a price fails now
     if list_checkpoints(run_dir.checkpoints) and not recipe.resume:
         raise LlamabrewError(f"{out} already holds checkpoints: pass --resume to continue, or choose another --out")

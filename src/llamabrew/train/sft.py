@@ -24,6 +24,7 @@ from llamabrew.run import Run, RunSummary
 from llamabrew.train.checkpoint import list_checkpoints
 from llamabrew.train.cost import budget_seconds, run_cost
 from llamabrew.train.defaults import resolve as resolve_defaults
+from llamabrew.train.distributed import DataParallel, choose_strategy, launched
 from llamabrew.train.loop import FitResult, fit
 from llamabrew.train.objective import CausalLM, Objective
 from llamabrew.train.plan import print_plan
@@ -94,8 +95,9 @@ def encode_split(name: str, examples: list[Example], tokenizer: Any, template: T
 def attach_lora(model: Any, recipe: Recipe, task_type: str = "CAUSAL_LM") -> Any:
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-    if recipe.model.quantize_4bit:
-        model = prepare_model_for_kbit_training(model)
+    if recipe.model.quantize_4bit:  # under DDP, reentrant checkpointing marks gradients ready twice: not that one
+        reentrant = {"use_reentrant": False} if launched().world > 1 else None
+        model = prepare_model_for_kbit_training(model, gradient_checkpointing_kwargs=reentrant)
     cfg = LoraConfig(
         r=recipe.lora.r, lora_alpha=recipe.lora.alpha, lora_dropout=recipe.lora.dropout,
         target_modules=recipe.lora.target_modules, task_type=task_type,
@@ -121,10 +123,16 @@ def check_start(recipe: Recipe) -> Recipe:
         recipe = recipe.model_copy(deep=True)
         recipe.model.base = str(Path(recipe.model.base).resolve())
     budget_seconds(recipe.optim)  # a budget without a price fails now, not after the model has loaded
+    strategy(recipe)  # and so does a strategy that does not fit the method
     if list_checkpoints(Run(recipe.out).checkpoints) and not recipe.resume:
         raise LlamabrewError(f"{recipe.out} already holds checkpoints: pass --resume to continue, or choose "
                              "another --out")
     return recipe
+
+
+def strategy(recipe: Recipe) -> str:
+    """How this process trains among the launcher's ranks: single, ddp or fsdp (`train.distributed`)."""
+    return choose_strategy(recipe.method, recipe.optim.parallel, launched().world)
 
 
 def run(recipe: Recipe) -> TrainResult:
@@ -149,7 +157,7 @@ def run(recipe: Recipe) -> TrainResult:
                            recipe.model.trust_remote_code, recipe.model.quantize_4bit)
     if recipe.method == "lora":
         model = attach_lora(model, recipe)
-    if not recipe.model.quantize_4bit:
+    if not recipe.model.quantize_4bit and strategy(recipe) != "fsdp":  # FSDP moves each rank's shards itself
         model.to(device)
     pad = tokenizer.pad_token_id
     batcher = PackedBatcher(pad, recipe.data.cutoff_len) if recipe.data.packing else PaddedBatcher(pad)
@@ -162,21 +170,28 @@ def fit_and_save(recipe: Recipe, model: Any, tokenizer: Any, template: Template,
                  val: Sequence[Any], batcher: Batcher, objective: Objective, device: torch.device,
                  dtype: torch.dtype, threads: int, kind: str, save: Callable[[Path], None] | None = None,
                  ) -> TrainResult:
-    """The part every fine-tuning objective shares: defaults, the plan, the loop, the saved run and summary."""
-    out = Path(recipe.out)
+    """The part every fine-tuning objective shares: defaults, the plan, the loop, the saved run and summary (rank
+    0 writes; the others train alongside it)."""
+    out, ranks, how = Path(recipe.out), launched(), strategy(recipe)
     rate_of = recipe.objective if recipe.objective in ("dpo", "grpo") else recipe.method
     chosen = resolve_defaults(recipe.optim, rate_of, model, batcher.micro_batches_per_epoch(train, recipe.optim))
     recipe = recipe.model_copy(update={"optim": chosen.optim})  # the saved recipe repeats the run exactly
     what = recipe.method if kind == "sft" else f"{kind} ({recipe.method})"
     print_plan(model, train, val, recipe.optim, batcher, device, threads, what=what, notes=chosen.notes,
-               objective=objective, dtype=dtype)
+               objective=objective, dtype=dtype, ranks=ranks.world, strategy=how)
     run = Run(out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_recipe(recipe, out)
+    if ranks.main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_recipe(recipe, out)
+    parallel = DataParallel(model, objective, device, how, ranks)
     result: FitResult = fit(model, train, val, recipe.optim, out, device=device, batcher=batcher, dtype=dtype,
-                            objective=objective, resume=recipe.resume, description=f"{what} training")
+                            objective=objective, resume=recipe.resume, description=f"{what} training",
+                            parallel=parallel)
     tokenizer.chat_template = template.jinja  # the trained format travels with the run (chat, export, vLLM)
-    (save or (lambda path: model.save_pretrained(path, safe_serialization=True)))(out)
+    parallel.save_pretrained(out, save)
+    if not ranks.main:
+        return TrainResult(out, len(train), len(val), result.steps, result.train_loss, result.val_loss,
+                           result.stopped_early, result.elapsed_s)
     tokenizer.save_pretrained(out)
     last = next((r for r in reversed(read_jsonl(run.loss_log)) if "val_loss" in r), None)
     metrics = {k: v for k, v in (last or {}).items() if k.startswith("val_") and k != "val_loss"} or None
@@ -184,6 +199,6 @@ def fit_and_save(recipe: Recipe, model: Any, tokenizer: Any, template: Template,
         kind, recipe.method, result.steps, result.train_loss, result.val_loss, result.stopped_early,
         result.elapsed_s, len(train), len(val), sum(p.numel() for p in model.parameters()),
         sum(p.numel() for p in model.parameters() if p.requires_grad), metrics,
-        *run_cost(recipe.optim, result.elapsed_s)))
+        *run_cost(recipe.optim, result.elapsed_s, devices=ranks.world)))
     return TrainResult(out, len(train), len(val), result.steps, result.train_loss, result.val_loss,
                        result.stopped_early, result.elapsed_s, metrics)
