@@ -50,13 +50,13 @@ TRAIN_FLAGS: Flags = {
     "beta": "preference.beta", "loss": "preference.loss", "reward": "grpo.reward",
     "group_size": "grpo.group_size", "kl_coef": "grpo.kl_coef",
     "max_completion_tokens": "grpo.max_completion_tokens", "temperature": "grpo.temperature",
-    "budget_usd": "optim.budget_usd", "price_per_hour": "optim.price_per_hour",
+    "budget_usd": "optim.budget_usd", "price_per_hour": "optim.price_per_hour", "log_to": "optim.log_to",
 }
 PRETRAIN_FLAGS: Flags = {
     "corpus": "corpus", "out": "out", "params": "params", "max_minutes": "optim.max_minutes",
     "epochs": "optim.epochs", "lr": "optim.learning_rate", "vocab_size": "vocab_size", "seq_len": "seq_len",
     "seed": "optim.seed", "threads": "optim.threads", "resume": ("resume", "--resume"),
-    "budget_usd": "optim.budget_usd", "price_per_hour": "optim.price_per_hour",
+    "budget_usd": "optim.budget_usd", "price_per_hour": "optim.price_per_hour", "log_to": "optim.log_to",
 }
 
 

@@ -81,6 +81,9 @@ class OptimConfig(Section):
                                          "(default: $LLAMABREW_USD_PER_HOUR); shown in the plan and the summary")
     budget_usd: float | None = Field(None, gt=0, description="stop cleanly, with a checkpoint, once the time spent "
                                      "costs this much at price_per_hour (resumed runs count what came before)")
+    log_to: list[Literal["tensorboard", "wandb"]] = Field(
+        default_factory=list, description="also log to tensorboard (event files in RUN/tensorboard) or wandb "
+        "(the wandb extra; WANDB_MODE=offline needs no account); repeatable")
 
 
 class PretrainOptimConfig(OptimConfig):

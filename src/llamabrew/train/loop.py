@@ -31,6 +31,7 @@ from llamabrew.train.checkpoint import LoopProgress, list_checkpoints, load_chec
 from llamabrew.train.cost import budget_seconds
 from llamabrew.train.objective import CausalLM, Objective, evaluate_objective
 from llamabrew.train.report import write_loss_plot
+from llamabrew.train.tracking import Trackers
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +149,7 @@ def fit(
     # Keep the log consistent with the checkpoint: drop lines written after it by the killed run.
     kept = [r for r in read_jsonl(log_path) if r.get("step", 0) <= progress.step] if resume else []
     _rewrite_log(log_path, kept)
+    trackers = Trackers(cfg.log_to, out, progress.step)  # TensorBoard / wandb get what the loss log gets
     val_batches = batcher.eval_batches(val, cfg) if val else []
     autocast = autocast_for(device, dtype)
     model.train()
@@ -196,6 +198,7 @@ def fit(
                 record |= {f"val_{k}": round(v, 6) for k, v in val_metrics.items()}
             if progress.step % cfg.log_every == 0 or "val_loss" in record or done:
                 append_jsonl(log_path, record)
+                trackers.log(record)
             if progress.step % save_every == 0 or done:
                 save_checkpoint(ckpt_root, model, optimizer, scheduler, progress, cfg.keep_checkpoints)
             losses.append(last_train)
@@ -211,6 +214,7 @@ def fit(
                     log.warning(f"budget ${cfg.budget_usd:g} spent after {progress.step} of {n_steps} steps: stopped "
                                 "with a checkpoint; raise --budget-usd and pass --resume to go on")
                 break
+    trackers.close()
     write_loss_plot(log_path, run.loss_plot)
     return FitResult(progress.step, last_train, last_val, stopped_early, progress.elapsed_s)
 

@@ -27,6 +27,7 @@ from llamabrew.train.defaults import resolve as resolve_defaults
 from llamabrew.train.loop import FitResult, fit
 from llamabrew.train.objective import CausalLM, Objective
 from llamabrew.train.plan import print_plan
+from llamabrew.train.tracking import check_trackers
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -121,6 +122,7 @@ def check_start(recipe: Recipe) -> Recipe:
         recipe = recipe.model_copy(deep=True)
         recipe.model.base = str(Path(recipe.model.base).resolve())
     budget_seconds(recipe.optim)  # a budget without a price fails now, not after the model has loaded
+    check_trackers(recipe.optim.log_to)  # so does a tracker whose extra is missing
     if list_checkpoints(Run(recipe.out).checkpoints) and not recipe.resume:
         raise LlamabrewError(f"{recipe.out} already holds checkpoints: pass --resume to continue, or choose "
                              "another --out")
