@@ -209,12 +209,14 @@ def quickstart(
 
 def _register_stage_commands() -> None:
     """Commands that live beside their stage: `data ...`, `import`, `merge`, `export`, `serve`, `answer`,
-    `judge`, `arena`, `leaderboard`."""
+    `judge`, `arena`, `leaderboard`; `run` (a pipeline file) and `report`."""
     from llamabrew.data.cli import data_app
     from llamabrew.evaluate.arena_cli import arena_app
     from llamabrew.evaluate.cli import answer, judge, leaderboard
     from llamabrew.export.cli import export, merge
     from llamabrew.gguf.cli import import_model
+    from llamabrew.pipeline.cli import run
+    from llamabrew.report.cli import report
     from llamabrew.serve.cli import serve
 
     app.add_typer(data_app, name="data")
@@ -226,6 +228,8 @@ def _register_stage_commands() -> None:
     app.command()(judge)
     app.command()(leaderboard)
     app.add_typer(arena_app, name="arena")
+    app.command("run")(run)
+    app.command()(report)
 
 
 _register_stage_commands()

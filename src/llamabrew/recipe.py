@@ -247,7 +247,7 @@ def parse_set(items: list[str] | None, cls: type[BaseModel] | None = None) -> di
     return out
 
 
-def _set_dotted(tree: dict[str, Any], dotted: str, value: Any, file: Path | None = None) -> None:
+def set_dotted(tree: dict[str, Any], dotted: str, value: Any, file: Path | None = None) -> None:
     *parents, leaf = dotted.split(".")
     for p in parents:
         if tree.get(p) is None:  # absent, or an empty YAML section (`optim:` with every key commented out)
@@ -280,7 +280,7 @@ def load_recipe(
             raise InputError("a recipe must be a mapping", file=p)
     for key, value in (overrides or {}).items():
         if value is not None:
-            _set_dotted(tree, key, value, None if path is None else Path(path))
+            set_dotted(tree, key, value, None if path is None else Path(path))
     try:
         return cls.model_validate(tree)
     except ValidationError as e:

@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from llamabrew.cli_common import console, friendly_errors
-from llamabrew.data.teacher import Price, TeacherConfig, load_prices, price_for
+from llamabrew.data.teacher import TeacherConfig, resolve_price
 from llamabrew.errors import LlamabrewError
 
 data_app = typer.Typer(
@@ -69,13 +69,7 @@ def teacher_config(
     **extra: Any,
 ) -> TeacherConfig:
     """Teacher settings from the shared flags; the price comes from the flags, the table, or the defaults."""
-    if (price_in is None) != (price_out is None):
-        raise LlamabrewError("give both --price-in and --price-out")
-    price = (
-        Price(price_in, price_out)
-        if price_in is not None and price_out is not None
-        else price_for(model, load_prices(prices) if prices else None)
-    )
+    price = resolve_price(model, price_in, price_out, prices)
     return TeacherConfig(
         url=url,
         model=model,

@@ -82,6 +82,16 @@ def price_for(model: str, table: dict[str, Price] | None = None) -> Price | None
     return merged[max(prefixes, key=len)] if prefixes else None
 
 
+def resolve_price(model: str, price_in: float | None = None, price_out: float | None = None,
+                  prices: str | Path | None = None) -> Price | None:
+    """The price a teacher is charged at: both given prices, else the table's (``prices``) or the defaults'."""
+    if (price_in is None) != (price_out is None):
+        raise LlamabrewError("give both --price-in and --price-out")
+    if price_in is not None and price_out is not None:
+        return Price(price_in, price_out)
+    return price_for(model, load_prices(prices) if prices else None)
+
+
 @dataclass
 class Usage:
     """What the teacher has cost so far; saved with a run's summary so a resumed run keeps counting."""
