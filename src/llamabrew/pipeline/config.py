@@ -171,6 +171,10 @@ def build(tree: dict[str, Any], reader: _Reader, default_out: Path) -> Pipeline:
     bodies, kinds = {}, {}
     for name, body in raw_stages.items():
         key = ("stages", str(name))
+        if body is None:  # `gguf: null` (or --set stages.gguf=null) removes a stage, e.g. one a parent file has
+            continue
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", str(name)) or name == "vars":
+            raise reader.fail("a stage name is letters, digits, '-' and '_' (and not 'vars')", key)
         if not isinstance(body, dict):
             raise reader.fail("a stage is a mapping (kind: and its recipe fields)", key)
         body = dict(body)
@@ -289,9 +293,7 @@ def _validate(cls: type[BaseModel], body: dict[str, Any], key: Key, reader: _Rea
 
 
 def _values(section: BaseModel, dotted: str) -> list[Any]:
-    value: Any = section
-    for part in dotted.split("."):
-        value = getattr(value, part)
+    value = getattr_path(section, dotted)
     return [v for v in (value if isinstance(value, list) else [value]) if v is not None]
 
 

@@ -141,5 +141,6 @@ class PipelineState:
     def save(self) -> None:
         order = self.pipeline.names()
         stages = {n: self.stages[n] for n in [*order, *self.stages] if n in self.stages}
-        atomic_write_text(self.path, json.dumps({"name": self.pipeline.name, "file": str(self.pipeline.file),
-                                                 "order": order, "stages": stages}, indent=2, default=str))
+        file = str(Path(self.pipeline.file).resolve()) if self.pipeline.file else None
+        atomic_write_text(self.path, json.dumps({"name": self.pipeline.name, "file": file, "order": order,
+                                                 "stages": stages}, indent=2, default=str))

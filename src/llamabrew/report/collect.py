@@ -87,8 +87,8 @@ def _corpus_facts(run: Run, recipe: Any) -> DataFacts:
     docs = read_corpus(list(recipe.corpus)).docs
     tokenizer = AutoTokenizer.from_pretrained(run.path)
     lengths = [len(ids) for ids in tokenizer(docs[:MAX_EXAMPLES], add_special_tokens=True)["input_ids"]]
-    return DataFacts([str(p) for p in recipe.corpus], len(docs), lengths=lengths, cutoff=recipe.seq_len,
-                     note=f"documents; windows of {recipe.seq_len} tokens")
+    return DataFacts([str(p) for p in recipe.corpus], len(docs), lengths=lengths,
+                     note=f"documents, laid end to end into training windows of {recipe.seq_len} tokens")
 
 
 def _example_facts(run: Run, recipe: Any) -> DataFacts:

@@ -1,0 +1,86 @@
+"""Bad pipeline files: one line naming the file, the line and the key, exit code 2, before any stage runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from llamabrew.cli import app
+
+GOOD = """\
+out: {out}
+stages:
+  data:
+    kind: world
+    entities: 8
+  base:
+    kind: pretrain
+    corpus: ["${{data.corpus}}"]
+  sft:
+    kind: train
+    model: {{base: "${{base}}"}}
+    data: {{train_files: ["${{data.train}}"]}}
+"""
+
+
+def run_cli(tmp_path: Path, text: str, *args: str):
+    path = tmp_path / "pipe.yaml"
+    path.write_text(text.format(out=tmp_path / "runs"))
+    result = CliRunner().invoke(app, ["run", str(path), *args])
+    return path, result
+
+
+@pytest.mark.parametrize("change, line, key, message", [
+    (("    kind: world\n", "    kind: wrold\n"), 4, "stages.data.kind", "unknown stage kind 'wrold'"),
+    (("  sft:\n    kind: train\n", "  sft:\n"), 9, "stages.sft", "unknown stage 'sft': give it a kind"),
+    (('corpus: ["${{data.corpus}}"]', 'corpus: ["${{dta.corpus}}"]'), 8, "stages.base.corpus.0",
+     "refers to stage 'dta', which this pipeline does not have"),
+    (('corpus: ["${{data.corpus}}"]', 'corpus: ["${{data.text}}"]'), 8, "stages.base.corpus",
+     "stage 'data' has no output 'text' (it has: train, held_out, questions, corpus, facts)"),
+    (("    entities: 8\n", "    entities: 8\n    seed: ${{sft.run}}\n"), 6, "stages.data.seed",
+     "stages refer to each other in a cycle: data → sft → base → data"),
+    (('["${{data.train}}"]', '["data/missing.json"]'), 12, "stages.sft.data.train_files.0",
+     "no such file or directory: data/missing.json"),
+    (('model: {{base: "${{base}}"}}', 'model: {{base: "${{base}}", bsae: x}}'), 11, "stages.sft.model.bsae",
+     "unknown field"),
+    (("stages:\n", "stagse: {{}}\nstages:\n"), 2, "stagse", "unknown key"),
+])
+def test_a_bad_pipeline_is_one_line_naming_file_line_and_key(tmp_path: Path, change: tuple[str, str], line: int,
+                                                            key: str, message: str) -> None:
+    old, new = change
+    assert old in GOOD
+    path, result = run_cli(tmp_path, GOOD.replace(old, new))
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert result.exit_code == 2, result.stderr
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"error: {path}:{line}: field '{key}': "), lines[0]
+    assert message in lines[0]
+    assert not (tmp_path / "runs").exists()  # nothing ran, nothing was written
+
+
+def test_the_good_file_is_good_and_flags_are_checked(tmp_path: Path) -> None:
+    path, result = run_cli(tmp_path, GOOD, "--dry-run")
+    assert result.exit_code == 0, result.stderr
+    path, result = run_cli(tmp_path, GOOD, "--only", "eval")
+    assert result.exit_code == 2 and "--only eval" in result.stderr and "stages: data, base, sft" in result.stderr
+    path, result = run_cli(tmp_path, GOOD, "--only", "sft")
+    assert result.exit_code == 2 and "stage sft needs stage base, which has not finished" in result.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_missing_pipeline_file_and_an_extended_one(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["run", str(tmp_path / "nope.yaml")])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == f"error: {tmp_path / 'nope.yaml'}: pipeline file not found"
+    (tmp_path / "child.yaml").write_text("extends: parent.yaml\nstages:\n  sft: {optim: {epochs: 2}}\n")
+    result = CliRunner().invoke(app, ["run", str(tmp_path / "child.yaml"), "--dry-run"])
+    assert result.exit_code == 2 and f"{tmp_path / 'child.yaml'}:1: field 'extends'" in result.stderr
+    (tmp_path / "parent.yaml").write_text(GOOD.format(out=tmp_path / "runs"))
+    from llamabrew.pipeline import load_pipeline
+
+    child = load_pipeline(tmp_path / "child.yaml", ["stages.data.entities=10"])
+    assert child.names() == ["data", "base", "sft"] and child.stage("sft").section.optim.epochs == 2
+    assert child.stage("data").section.entities == 10
+    assert load_pipeline(tmp_path / "child.yaml", ["stages.sft=null"]).names() == ["data", "base"]
