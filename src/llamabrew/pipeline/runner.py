@@ -110,6 +110,8 @@ def run(pipeline: Pipeline, *, start_from: str | None = None, only: str | None =
             continue
         resume_step, note = _prepare(stage, state, input_hash, forced)
         state.start(stage, input_hash, resume_step)
+        for path in stage.outputs.values():  # commands expect the folder of their --out to exist
+            path.parent.mkdir(parents=True, exist_ok=True)
         emit(StageEvent("start", stage, index, len(order), note))
         t0 = time.monotonic()
         try:
