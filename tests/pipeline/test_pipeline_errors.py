@@ -84,3 +84,33 @@ def test_a_missing_pipeline_file_and_an_extended_one(tmp_path: Path) -> None:
     assert child.names() == ["data", "base", "sft"] and child.stage("sft").section.optim.epochs == 2
     assert child.stage("data").section.entities == 10
     assert load_pipeline(tmp_path / "child.yaml", ["stages.sft=null"]).names() == ["data", "base"]
+
+
+def test_log_to_reaches_every_training_stage_and_a_missing_tracker_stops_first(tmp_path: Path, monkeypatch) -> None:
+    import sys
+
+    from llamabrew import pipeline
+    from llamabrew.extras import MissingExtra
+
+    path = tmp_path / "pipe.yaml"
+    path.write_text(GOOD.format(out=tmp_path / "runs"))
+    loaded = pipeline.load_pipeline(path, ["log_to=[wandb]", "stages.sft.optim.log_to=[tensorboard]"])
+    assert loaded.stage("base").section.optim.log_to == ["wandb"]
+    assert loaded.stage("sft").section.optim.log_to == ["tensorboard", "wandb"]
+    monkeypatch.setitem(sys.modules, "wandb", None)  # as if the extra were not installed
+    with pytest.raises(MissingExtra, match="--log-to wandb needs the 'wandb' extra"):
+        pipeline.run(loaded)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_quickstart_is_the_shipped_pipeline_with_its_settings(tmp_path: Path) -> None:
+    from llamabrew.quickstart import quickstart_pipeline
+
+    job = quickstart_pipeline(tmp_path / "qs", entities=40, pretrain_minutes=1.5, seed=3, gguf=True, align=True)
+    assert job.names() == ["data", "base", "sft", "held_out", "judge", "dpo", "gguf", "chat", "align_sft",
+                           "align_dpo"]
+    assert job.stage("data").section.entities == 40 and job.stage("data").section.seed == 3
+    assert job.stage("base").section.optim.max_minutes == 1.5 and job.stage("sft").section.optim.seed == 3
+    assert job.stage("gguf").section.model == str(tmp_path / "qs" / "dpo")  # --align ships the DPO run
+    plain = quickstart_pipeline(tmp_path / "qs", entities=40, pretrain_minutes=1.5, seed=3, gguf=False, align=False)
+    assert plain.names() == ["data", "base", "sft", "held_out", "judge"]
