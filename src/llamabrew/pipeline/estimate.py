@@ -90,6 +90,6 @@ def plan(pipeline: Pipeline, start_from: str | None = None, only: str | None = N
         elif (budget := _teacher_budget(stage)) is not None:
             usd, basis = budget, f"at most its teacher budget (${budget:g})"
         elif stage.kind in ("world", "convert", "serve"):
-            seconds, usd, basis = 0.0, 0.0, "seconds"
+            seconds, usd, basis = 0.0, 0.0, "writes a few files"
         plans.append(StagePlan(stage, action, seconds, usd, basis))
     return plans

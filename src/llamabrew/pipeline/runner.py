@@ -128,7 +128,11 @@ def run(pipeline: Pipeline, *, start_from: str | None = None, only: str | None =
     if report:
         from llamabrew.report import write_report
 
-        result.report = write_report(pipeline.out, pipeline.out / "report.html")
+        try:
+            result.report = write_report(pipeline.out, pipeline.out / "report.html")
+        except Exception as e:  # every stage is done and recorded: a report that fails must not undo that
+            log.warning(f"the report page could not be written ({type(e).__name__}: {e}); "
+                        f"try: llamabrew report {pipeline.out}")
     return result
 
 

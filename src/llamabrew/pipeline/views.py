@@ -66,9 +66,9 @@ def plan_table(plans: list[StagePlan], title: str) -> Table:
     for col in ("#", "stage", "kind", "action", "time (est.)", "cost (est.)", "from"):
         table.add_column(col, justify="right" if col in ("#", "time (est.)", "cost (est.)") else "left")
     for i, p in enumerate(plans, 1):
-        seconds = "-" if p.seconds is None else ("≤ " if "limit" in p.basis or "budget" in p.basis else "") + \
-            format_duration(p.seconds)
-        usd = "-" if p.usd is None else ("≤ " if "budget" in p.basis else "") + f"${p.usd:.2f}"
+        bound = "≤ " if "limit" in p.basis or "budget" in p.basis else ""
+        seconds = "-" if p.seconds is None else bound + format_duration(p.seconds)
+        usd = "-" if p.usd is None else bound + f"${p.usd:.2f}"
         table.add_row(str(i), p.stage.name, p.stage.kind, p.action, seconds, usd, p.basis)
     known = [p for p in plans if p.seconds is not None]
     total = sum(p.seconds or 0 for p in known)
