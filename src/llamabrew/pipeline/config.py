@@ -252,23 +252,8 @@ def _find_cycle(left: list[str], deps: dict[str, list[str]]) -> list[str]:
 def _resolve(name: str, kind_name: str, body: dict[str, Any], deps: list[str], done: dict[str, Stage],
              out: Path, tree: dict[str, Any], reader: _Reader) -> Stage:
     kind, key, folder = KINDS[kind_name], ("stages", name), out / name
-
-    def value_of(m: re.Match[str]) -> str:
-        target = done[m.group(1)]
-        if not target.outputs:
-            raise reader.fail(f"stage {target.name!r} ({target.kind}) has no outputs to refer to", where)
-        wanted = m.group(2)
-        if wanted is None:
-            return str(target.output)
-        if wanted not in target.outputs:
-            raise reader.fail(f"stage {target.name!r} has no output {wanted!r} (it has: "
-                              f"{', '.join(target.outputs)})", where)
-        return str(target.outputs[wanted])
-
-    resolved = {}
-    for k, v in body.items():
-        where = (*key, str(k))
-        resolved[k] = substitute(v, value_of)
+    resolved = {k: substitute(v, lambda m, where=(*key, str(k)): _output_of(m, done, where, reader))
+                for k, v in body.items()}
     if kind.out_key and resolved.get(kind.out_key) is None:
         resolved[kind.out_key] = str(folder / kind.out_name if kind.out_name else folder)
     if kind.compute:
@@ -280,6 +265,19 @@ def _resolve(name: str, kind_name: str, body: dict[str, Any], deps: list[str], d
             optim["log_to"] = list(dict.fromkeys([*(optim.get("log_to") or []), *tree["log_to"]]))
     section = _validate(kind.section, resolved, key, reader)
     return Stage(name, kind_name, section, folder, kind.outputs(section, folder), deps)
+
+
+def _output_of(m: re.Match[str], done: dict[str, Stage], where: Key, reader: _Reader) -> str:
+    """The path ``${stage}`` or ``${stage.name}`` stands for (the stage comes earlier in the run order)."""
+    target, wanted = done[m.group(1)], m.group(2)
+    if not target.outputs:
+        raise reader.fail(f"stage {target.name!r} ({target.kind}) has no outputs to refer to", where)
+    if wanted is None:
+        return str(target.output)
+    if wanted not in target.outputs:
+        raise reader.fail(f"stage {target.name!r} has no output {wanted!r} (it has: {', '.join(target.outputs)})",
+                          where)
+    return str(target.outputs[wanted])
 
 
 def _validate(cls: type[BaseModel], body: dict[str, Any], key: Key, reader: _Reader) -> BaseModel:
