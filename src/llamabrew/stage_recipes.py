@@ -16,8 +16,8 @@ from llamabrew.recipe import Section
 class TeacherSection(Section):
     """An OpenAI-compatible endpoint: the teacher of generate / translate, or the judge."""
 
-    url: str = Field("https://api.openai.com/v1", description="OpenAI-compatible base URL (judge: also "
-                     "builtin:reference, the offline judge)")
+    url: str = Field("https://api.openai.com/v1", description="OpenAI-compatible base URL, default "
+                     "https://api.openai.com/v1 (a judge may also be builtin:reference, the offline judge)")
     model: str | None = Field(None, description="model name the endpoint knows")
     key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the API key (never written)")
     concurrency: int = Field(4, ge=1, description="requests in flight at once")
@@ -89,16 +89,19 @@ class JudgeRecipe(Section):
     a: str = Field(..., description="the reference: an answers JSONL or a model")
     b: str = Field(..., description="the candidate: an answers JSONL or a model")
     judge: TeacherSection = TeacherSection()
-    mode: Literal["pairwise", "single"] = "pairwise"
-    out: Path | None = Field(None, description="folder for answers, verdicts and the summary")
+    mode: Literal["pairwise", "single"] = Field("pairwise", description="pairwise (both orders) or single (1-10 "
+                                                "grades)")
+    out: Path | None = Field(None, description="folder for answers, verdicts and the summary (default: judgments)")
     use_reference: bool = Field(True, description="show reference answers to the judge")
-    pairs: Path | None = Field(None, description="also write the verdicts as preference pairs")
-    max_new_tokens: int = Field(256, ge=1)
-    temperature: float = Field(0.0, ge=0)
-    batch_size: int = Field(16, ge=1)
-    template: str | None = None
-    threads: int | None = Field(None, gt=0)
-    seed: int = 0
+    pairs: Path | None = Field(None, description="also write the verdicts as preference pairs (JSONL: prompt/"
+                               "chosen/rejected, ties left out) for DPO")
+    max_new_tokens: int = Field(256, ge=1, description="longest answer per turn, in tokens")
+    temperature: float = Field(0.0, ge=0, description="answer sampling temperature (0 = greedy)")
+    batch_size: int = Field(16, ge=1, description="prompts a local model answers together")
+    template: str | None = Field(None, description="chat template of a local model (default: the one it was "
+                                "trained with)")
+    threads: int | None = Field(None, gt=0, description="CPU threads for a local model")
+    seed: int = Field(0, description="bootstrap seed")
 
 
 class WorldRecipe(Section):

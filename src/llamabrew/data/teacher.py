@@ -136,6 +136,17 @@ class TeacherConfig:
     extra_body: dict[str, Any] = field(default_factory=dict)
 
 
+def teacher_config_of(section: Any, **extra: Any) -> TeacherConfig:
+    """A recipe's `TeacherSection` (``llamabrew.stage_recipes``) as the client's settings."""
+    if not section.model:
+        raise LlamabrewError("the teacher needs a model name (teacher.model, --teacher-model / --judge-model)")
+    return TeacherConfig(url=section.url, model=section.model, key_env=section.key_env,
+                         concurrency=section.concurrency, timeout_s=section.timeout, max_retries=section.max_retries,
+                         budget_usd=section.budget_usd,
+                         price=resolve_price(section.model, section.price_in, section.price_out, section.prices),
+                         **extra)
+
+
 def estimate_tokens(text: str) -> int:
     """Rough BPE token count, used only when a server reports no usage (or to reserve budget)."""
     return math.ceil(len(text.encode("utf-8")) / 3)

@@ -20,17 +20,9 @@ Result = dict[str, Any]
 
 
 def _teacher(section: Any, **extra: Any) -> Any:
-    from llamabrew.data.teacher import TeacherConfig, resolve_price
+    from llamabrew.data.teacher import teacher_config_of
 
-    if not section.model:
-        from llamabrew.errors import LlamabrewError
-
-        raise LlamabrewError("the teacher needs a model name (teacher.model)")
-    return TeacherConfig(url=section.url, model=section.model, key_env=section.key_env,
-                         concurrency=section.concurrency, timeout_s=section.timeout, max_retries=section.max_retries,
-                         budget_usd=section.budget_usd, price=resolve_price(section.model, section.price_in,
-                                                                            section.price_out, section.prices),
-                         **extra)
+    return teacher_config_of(section, **extra)
 
 
 def run_world(stage: Stage, resume: bool) -> Result:
@@ -139,17 +131,9 @@ def run_eval(stage: Stage, resume: bool) -> Result:
 
 
 def run_judge(stage: Stage, resume: bool) -> Result:
-    from llamabrew.evaluate.compare import AnswerSettings, compare
-    from llamabrew.evaluate.questions import load_questions
-    from llamabrew.evaluate.reference_judge import URL
+    from llamabrew.evaluate.compare import run_judge as judge
 
-    r = stage.section
-    config = _teacher(r.judge, temperature=0.0, max_tokens=1024) if r.judge.url != URL and r.judge.model else None
-    judged = compare(load_questions(r.questions), r.a, r.b, judge_url=r.judge.url, judge_model=r.judge.model,
-                     judge_config=config, mode=r.mode, out=Path(r.out), use_reference=r.use_reference, seed=r.seed,
-                     pairs_out=r.pairs, answering=AnswerSettings(
-                         max_new_tokens=r.max_new_tokens, temperature=r.temperature, batch_size=r.batch_size,
-                         threads=r.threads, template=r.template))
+    judged = judge(stage.section)
     atomic_write_text(stage.outputs["summary"], json.dumps(judged.summary, indent=2, ensure_ascii=False))
     return judged.summary
 
