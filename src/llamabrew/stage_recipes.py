@@ -36,13 +36,14 @@ class GenerateRecipe(Section):
     num: int = Field(..., ge=1, description="how many tasks to keep in all")
     seeds: Path | None = Field(None, description="seed tasks (default: llamabrew's own)")
     teacher: TeacherSection = TeacherSection()
-    per_request: int = Field(10, ge=1)
-    prompt_seeds: int = Field(3, ge=0)
-    prompt_generated: int = Field(2, ge=0)
-    rouge_threshold: float = Field(0.7, gt=0, le=1)
-    temperature: float = Field(1.0, ge=0)
-    max_tokens: int = Field(3072, ge=16)
-    seed: int = 0
+    per_request: int = Field(10, ge=1, description="new tasks asked for per request")
+    prompt_seeds: int = Field(3, ge=0, description="seed tasks shown per request")
+    prompt_generated: int = Field(2, ge=0, description="generated tasks shown per request")
+    rouge_threshold: float = Field(0.7, gt=0, le=1, description="reject a task whose ROUGE-L F1 to any kept "
+                                   "instruction is above this")
+    temperature: float = Field(1.0, ge=0, description="the teacher's sampling temperature")
+    max_tokens: int = Field(3072, ge=16, description="max tokens per reply")
+    seed: int = Field(0, description="seed for choosing the examples shown")
 
 
 class TranslateRecipe(Section):
@@ -63,23 +64,25 @@ class CurateRecipe(Section):
     out_dir: Path | None = Field(None, description="gets train.jsonl, val.jsonl, report.json, lengths.png")
     near_dup_threshold: float = Field(0.7, ge=0, le=1, description="0 turns the near-duplicate filter off")
     tokenizer: str | None = Field(None, description="tokenizer for lengths in tokens (default: words)")
-    min_length: int = Field(1, ge=0)
-    max_length: int | None = Field(None, ge=1)
-    lang: str | None = None
-    script: list[str] = Field(default_factory=list)
-    min_script_share: float = Field(0.5, ge=0, le=1)
-    sort_by_length: bool = False
-    val_fraction: float = Field(0.05, ge=0, le=0.9)
-    seed: int = 0
+    min_length: int = Field(1, ge=0, description="drop examples shorter than this (tokens or words)")
+    max_length: int | None = Field(None, ge=1, description="drop examples longer than this")
+    lang: str | None = Field(None, description="keep examples mostly in this language's script")
+    script: list[str] = Field(default_factory=list, description="keep examples mostly in this script (latin, han, "
+                              "cyrillic, ...)")
+    min_script_share: float = Field(0.5, ge=0, le=1, description="share of letters in the wanted script(s)")
+    sort_by_length: bool = Field(False, description="sort each split by length, shortest first")
+    val_fraction: float = Field(0.05, ge=0, le=0.9, description="share held out as val.jsonl")
+    seed: int = Field(0, description="seed of the train/val split")
 
 
 class ConvertRecipe(Section):
     """`llamabrew data convert`."""
 
-    input: Path
-    out: Path | None = None
-    to: Literal["alpaca", "sharegpt", "messages", "pairs"]
-    lang: str | None = None
+    input: Path = Field(..., description="Alpaca, ShareGPT, messages or OpenAssistant JSONL")
+    out: Path | None = Field(None, description="the converted file")
+    to: Literal["alpaca", "sharegpt", "messages", "pairs"] = Field(..., description="alpaca, sharegpt, messages, "
+                                                                   "or pairs (OpenAssistant ranked replies)")
+    lang: str | None = Field(None, description="OpenAssistant: keep only messages in this language")
 
 
 class JudgeRecipe(Section):

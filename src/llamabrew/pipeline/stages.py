@@ -19,12 +19,6 @@ from llamabrew.run import Run
 Result = dict[str, Any]
 
 
-def _teacher(section: Any, **extra: Any) -> Any:
-    from llamabrew.data.teacher import teacher_config_of
-
-    return teacher_config_of(section, **extra)
-
-
 def run_world(stage: Stage, resume: bool) -> Result:
     from llamabrew.data.formats import write_jsonl
     from llamabrew.evaluate.questions import Question
@@ -54,33 +48,21 @@ def run_world(stage: Stage, resume: bool) -> Result:
 
 
 def run_generate(stage: Stage, resume: bool) -> Result:
-    from llamabrew.data.generate import GenerateOptions, generate
+    from llamabrew.data.generate import generate, generate_job
 
-    r = stage.section
-    opts = GenerateOptions(out=Path(r.out), num=r.num, seeds=r.seeds, prompt_seeds=r.prompt_seeds,
-                           prompt_generated=r.prompt_generated, per_request=r.per_request,
-                           rouge_threshold=r.rouge_threshold, seed=r.seed)
-    return generate(opts, _teacher(r.teacher, temperature=r.temperature, max_tokens=r.max_tokens))
+    return generate(*generate_job(stage.section))
 
 
 def run_translate(stage: Stage, resume: bool) -> Result:
-    from llamabrew.data.translate import TranslateOptions, translate
+    from llamabrew.data.translate import translate, translate_job
 
-    r = stage.section
-    opts = TranslateOptions(inp=r.input, out=Path(r.out), to=r.to, budget_chars=r.budget_chars,
-                            budget_usd=r.teacher.budget_usd, shortest_first=r.shortest_first)
-    return translate(opts, _teacher(r.teacher, temperature=0.3))
+    return translate(*translate_job(stage.section))
 
 
 def run_curate(stage: Stage, resume: bool) -> Result:
-    from llamabrew.data.curate import CurateOptions, curate
+    from llamabrew.data.curate import curate, curate_options
 
-    r = stage.section
-    report = curate(CurateOptions(
-        inputs=list(r.inputs), out_dir=Path(r.out_dir), near_dup_threshold=r.near_dup_threshold or None,
-        tokenizer=r.tokenizer, min_length=r.min_length, max_length=r.max_length, lang=r.lang,
-        scripts=set(r.script), min_script_share=r.min_script_share, sort_by_length=r.sort_by_length,
-        val_fraction=r.val_fraction, seed=r.seed))
+    report = curate(curate_options(stage.section))
     return {k: v for k, v in report.items() if k != "top_verb_objects"}
 
 
