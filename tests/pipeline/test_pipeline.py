@@ -85,13 +85,13 @@ def test_the_dry_run_plan_says_what_would_run_and_what_it_costs(tiny_pipeline, t
 @pytest.fixture(scope="module")
 def resumed(tmp_path_factory: pytest.TempPathFactory):
     """A pipeline SIGKILLed while its sft stage trains (after a checkpoint), then run again."""
-    path = write_tiny(tmp_path_factory.mktemp("killed"), steps=40)
+    path = write_tiny(tmp_path_factory.mktemp("killed"), steps=60)
     ckpts = path.parent / "runs" / "sft" / "checkpoints"
     env = {**os.environ, "COLUMNS": "200", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "llamabrew.cli", "run", str(path)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 400
-    while not (ckpts.is_dir() and any(int(p.name[5:]) >= 6 for p in ckpts.glob("step-*") if p.name[5:].isdigit())):
+    while not (ckpts.is_dir() and any(ckpts.glob("step-*"))):
         assert proc.poll() is None and time.monotonic() < deadline, "the pipeline ended before it could be killed"
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
@@ -110,9 +110,9 @@ def test_a_killed_pipeline_resumes_inside_the_stage_it_was_in(resumed) -> None:
     start = next(e for e in events if e.event == "start" and e.stage.name == "sft")
     assert "continues from its checkpoint at step" in start.note
     step = json.loads((out / STATE).read_text())["stages"]["sft"]["resumed_from_step"]
-    assert step >= 6 and f"step {step}" in start.note
-    assert [r["step"] for r in loss_log(out / "sft")] == list(range(1, 41))  # each step once, none lost
-    assert [s for s, _ in read_events(out / "sft" / "tensorboard")["train/loss"]] == list(range(1, 41))
+    assert 2 <= step < 60 and f"step {step}" in start.note
+    assert [r["step"] for r in loss_log(out / "sft")] == list(range(1, 61))  # each step once, none lost
+    assert [s for s, _ in read_events(out / "sft" / "tensorboard")["train/loss"]] == list(range(1, 61))
 
 
 def test_changed_settings_rerun_that_stage_and_what_follows(resumed) -> None:
