@@ -110,18 +110,10 @@ def eval_cmd(
 ) -> None:
     """Held-out loss/perplexity, exact match and contains-match of generated answers."""
     from llamabrew import evaluate
-    from llamabrew.errors import LlamabrewError
     from llamabrew.io import atomic_write_text
 
     r = load_recipe(EvalRecipe, recipe, overrides)
-    model = r.model or r.adapter
-    if model is None:
-        raise LlamabrewError("pass --base (a run or model directory, a .gguf file or openai:URL) and/or --adapter")
-    if r.data is None:
-        raise LlamabrewError("pass --data (held-out instruction → expected output)")
-    result = evaluate.run(model, r.data, adapter=r.adapter if r.model else None, compare=r.compare,
-                          template=r.template, max_new_tokens=r.max_new_tokens, batch_size=r.batch_size,
-                          limit=r.limit, threads=r.threads)
+    result = evaluate.run_recipe(r)
     if samples:
         atomic_write_text(samples, "".join(json.dumps(s) + "\n" for s in result.tuned.samples))
     if as_json:
