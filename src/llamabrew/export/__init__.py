@@ -26,6 +26,7 @@ from llamabrew.export.modelfile import ModelfileResult, derive_parts, stop_strin
 from llamabrew.export.verify import BOUNDS, Check, VerificationError, verify_gguf
 from llamabrew.extras import require
 from llamabrew.gguf.writer import QUANTS, ChatInfo, check_quant, write_gguf
+from llamabrew.recipe import ExportRecipe
 from llamabrew.run import Run, trained_template
 
 if TYPE_CHECKING:
@@ -37,7 +38,7 @@ DEFAULT_QUANT = "q8_0"  # for on-the-fly exports: near-lossless and still ~2x sm
 
 __all__ = ["BOUNDS", "DEFAULT_QUANT", "QUANTS", "Check", "ExportReport", "MergeReport", "QuantResult",
            "VerificationError", "cached_gguf", "default_gguf_path", "export_adapter", "export_adapter_gguf",
-           "export_gguf", "merge", "open_llamacpp_engine", "verify_gguf", "write_modelfile"]
+           "export_gguf", "export_recipe", "merge", "open_llamacpp_engine", "verify_gguf", "write_modelfile"]
 
 
 @dataclass
@@ -193,6 +194,15 @@ def export_gguf(model_or_run: str | Path, quant: str | Sequence[str] = "q8_0", o
     if Run.is_run(source):
         Run(source).save_report("export", report.as_dict())
     return report
+
+
+def export_recipe(r: ExportRecipe, verbose: bool = True) -> ExportReport:
+    """`llamabrew export` (and a pipeline's export stage): `export_gguf` with the settings of an `ExportRecipe`."""
+    if r.model is None:
+        raise LlamabrewError("name the run or model directory to export")
+    return export_gguf(r.model, r.quants, r.out, verify=r.verify, eval_file=r.eval_file, base=r.base,
+                       template=r.template, threads=r.threads, modelfile=r.modelfile, eval_limit=r.eval_limit,
+                       max_new_tokens=r.max_new_tokens, trust_remote_code=r.trust_remote_code, verbose=verbose)
 
 
 def export_adapter(adapter: str | Path, out: str | Path, *, base: str | None = None, verify: bool = True,

@@ -115,12 +115,9 @@ def run_judge(stage: Stage, resume: bool) -> Result:
 
 
 def run_export(stage: Stage, resume: bool) -> Result:
-    from llamabrew.export import export_gguf
+    from llamabrew.export import export_recipe
 
-    r = stage.section
-    report = export_gguf(r.model, r.quants, r.out, verify=r.verify, eval_file=r.eval_file, base=r.base,
-                         template=r.template, threads=r.threads, modelfile=r.modelfile, eval_limit=r.eval_limit,
-                         max_new_tokens=r.max_new_tokens, trust_remote_code=r.trust_remote_code, verbose=False)
+    report = export_recipe(stage.section, verbose=False)
     return {**report.as_dict(), "lines": report.lines()}
 
 
