@@ -101,6 +101,12 @@ def test_log_to_reaches_every_training_stage_and_a_missing_tracker_stops_first(t
     with pytest.raises(MissingExtra, match="--log-to wandb needs the 'wandb' extra"):
         pipeline.run(loaded)
     assert not (tmp_path / "runs").exists()
+    export = '  gguf: {kind: export, model: "${sft}", quants: [q4_k_m]}\n'
+    path.write_text(GOOD.format(out=tmp_path / "runs") + export)
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)
+    with pytest.raises(MissingExtra, match="q4_k_m export .* needs the 'llamacpp' extra"):
+        pipeline.run(pipeline.load_pipeline(path))  # said before the data, pretrain and train stages run
+    assert not (tmp_path / "runs").exists()
 
 
 def test_quickstart_is_the_shipped_pipeline_with_its_settings(tmp_path: Path) -> None:

@@ -150,7 +150,7 @@ def export_gguf(model_or_run: str | Path, quant: str | Sequence[str] = "q8_0", o
         raise LlamabrewError("give at least one --quant")
     if eval_file is not None and not verify:
         raise LlamabrewError("--eval runs the GGUF in llama.cpp; it cannot be combined with --no-verify")
-    _require_llama_cpp(quants, verify)
+    require_llama_cpp(quants, verify)
     source, examples = str(model_or_run), None
     paths = _out_paths(source, quants, out)
     set_threads(threads)
@@ -214,7 +214,7 @@ def export_adapter(adapter: str | Path, out: str | Path, *, base: str | None = N
     from llamabrew.export.verify import reference_logits
     from llamabrew.gguf.vocab import build_vocab
 
-    _require_llama_cpp([], verify)
+    require_llama_cpp([], verify)
     path = export_adapter_gguf(adapter, out, base=base)
     if not verify:
         return path, None
@@ -229,7 +229,7 @@ def export_adapter(adapter: str | Path, out: str | Path, *, base: str | None = N
         return path, _checked(path, verify_gguf(base_gguf, ref, "f16", threads, lora=path))
 
 
-def _require_llama_cpp(quants: Sequence[str], verify: bool) -> None:
+def require_llama_cpp(quants: Sequence[str], verify: bool) -> None:
     """Say before loading the model, not after minutes, that llama.cpp is needed and missing."""
     if k_quants := [q for q in quants if q.endswith("_k_m")]:
         require("llamacpp", f"{k_quants[0]} export (llama.cpp's quantizer)")

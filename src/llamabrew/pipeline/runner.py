@@ -92,9 +92,13 @@ def run(pipeline: Pipeline, *, start_from: str | None = None, only: str | None =
             if dep not in wanted and not state.finished(pipeline.stage(dep)):
                 raise LlamabrewError(f"stage {stage.name} needs stage {dep}, which has not finished: run without "
                                      "--from / --only first")
-    for stage in chosen:
+    for stage in chosen:  # a missing extra is said now, not after hours of earlier stages
         if KINDS[stage.kind].compute:
             check_trackers(stage.section.optim.log_to)
+        if stage.kind == "export":
+            from llamabrew.export import require_llama_cpp
+
+            require_llama_cpp(stage.section.quants, stage.section.verify)
     emit = on_event or (lambda e: None)
     result, started = PipelineResult(pipeline), time.monotonic()
     pipeline.out.mkdir(parents=True, exist_ok=True)
