@@ -40,12 +40,14 @@ def run(
     path = pipelines.builtin(str(pipeline_file).removeprefix("builtin:")) if str(pipeline_file).startswith(
         "builtin:") else pipeline_file
     loaded = pipelines.load_pipeline(path, sets)
-    if dry_run:
-        from llamabrew.pipeline.views import plan_table
+    from llamabrew.pipeline.views import plan_table
 
+    if dry_run:
         console.print(plan_table(pipelines.plan(loaded, start_from, only),
                                  f"plan of {path} → {loaded.out} (nothing runs)"))
         return
+    console.print(plan_table(pipelines.plan(loaded, start_from, only, measure=False), f"plan of {path} → "
+                             f"{loaded.out} (--dry-run also times fine-tuning stages whose inputs exist)"))
     result = pipelines.run(loaded, start_from=start_from, only=only, on_event=show)
     console.print(f"[green]done[/]: {len(result.ran)} stage(s) ran, {len(result.skipped)} skipped · report: "
                   f"[bold]{result.report}[/]", highlight=False)

@@ -21,14 +21,14 @@ class StagePlan:
     basis: str  # where the figures come from
 
 
-def _compute(stage: Stage) -> tuple[float | None, str]:
+def _compute(stage: Stage, measure: bool) -> tuple[float | None, str]:
     optim = stage.section.optim
     limits = []
     if optim.max_minutes:
         limits.append((optim.max_minutes * 60, f"its time limit ({optim.max_minutes:g} min)"))
     if optim.budget_usd and (price := _price(stage)):
         limits.append((optim.budget_usd / price * 3600, f"its budget (${optim.budget_usd:g})"))
-    if stage.kind == "train" and stage.section.objective == "sft":
+    if measure and stage.kind == "train" and stage.section.objective == "sft":
         measured = _measured(stage)
         if measured is not None:
             limits.append((measured, "the planner, timed on this machine"))
@@ -64,8 +64,10 @@ def _teacher_budget(stage: Stage) -> float | None:
     return getattr(teacher, "budget_usd", None)
 
 
-def plan(pipeline: Pipeline, start_from: str | None = None, only: str | None = None) -> list[StagePlan]:
-    """The plan a run with the same arguments would follow, without running anything."""
+def plan(pipeline: Pipeline, start_from: str | None = None, only: str | None = None,
+         measure: bool = True) -> list[StagePlan]:
+    """The plan a run with the same arguments would follow, without running anything; ``measure``: time a
+    fine-tuning stage whose base and data exist with the planner (it loads the model)."""
     chosen, forced = selection(pipeline, start_from, only)
     state, wanted = PipelineState(pipeline), {s.name for s in chosen}
     plans = []
@@ -82,7 +84,7 @@ def plan(pipeline: Pipeline, start_from: str | None = None, only: str | None = N
             action = "continue (interrupted)"
         seconds, usd, basis = None, None, "cannot be known before it runs"
         if KINDS[stage.kind].compute:
-            seconds, basis = _compute(stage)
+            seconds, basis = _compute(stage, measure)
             price = _price(stage)
             usd = None if seconds is None or price is None else seconds / 3600 * price
             if seconds is not None and price is None:
@@ -90,6 +92,7 @@ def plan(pipeline: Pipeline, start_from: str | None = None, only: str | None = N
         elif (budget := _teacher_budget(stage)) is not None:
             usd, basis = budget, f"at most its teacher budget (${budget:g})"
         elif stage.kind in ("world", "convert", "serve"):
-            seconds, usd, basis = 0.0, 0.0, "writes a few files"
+            seconds, usd = 0.0, 0.0
+            basis = "prints the command that serves it" if stage.kind == "serve" else "writes a few files"
         plans.append(StagePlan(stage, action, seconds, usd, basis))
     return plans

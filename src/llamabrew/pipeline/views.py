@@ -70,8 +70,10 @@ def plan_table(plans: list[StagePlan], title: str) -> Table:
         seconds = "-" if p.seconds is None else bound + format_duration(p.seconds)
         usd = "-" if p.usd is None else bound + f"${p.usd:.2f}"
         table.add_row(str(i), p.stage.name, p.stage.kind, p.action, seconds, usd, p.basis)
-    known = [p for p in plans if p.seconds is not None]
-    total = sum(p.seconds or 0 for p in known)
-    table.add_row("", "[bold]all[/]", "", "", format_duration(total) + ("+" if len(known) < len(plans) else ""),
-                  f"${sum(p.usd or 0 for p in plans):.2f}", "estimates; '-' cannot be known before the stage runs")
+    active = [p for p in plans if p.action != "not selected"]
+    more_time = "+" if any(p.seconds is None for p in active) else ""
+    more_cost = "+" if any(p.usd is None for p in active) else ""
+    table.add_row("", "[bold]all[/]", "", "", format_duration(sum(p.seconds or 0 for p in active)) + more_time,
+                  f"${sum(p.usd or 0 for p in active):.2f}{more_cost}",
+                  "estimates; '-' cannot be known before the stage runs")
     return table
