@@ -120,3 +120,14 @@ def test_quickstart_is_the_shipped_pipeline_with_its_settings(tmp_path: Path) ->
     assert job.stage("gguf").section.model == str(tmp_path / "qs" / "dpo")  # --align ships the DPO run
     plain = quickstart_pipeline(tmp_path / "qs", entities=40, pretrain_minutes=1.5, seed=3, gguf=False, align=False)
     assert plain.names() == ["data", "base", "sft", "held_out", "judge"]
+
+
+@pytest.mark.parametrize("top, line, key, message", [
+    ("price_per_hour: cheap\n", 1, "price_per_hour", "a valid number"),
+    ("log_to: [mlflow]\n", 1, "log_to.0", "'tensorboard' or 'wandb'"),
+    ("vars: [1, 2]\n", 1, "vars", "a valid dictionary"),
+])
+def test_the_pipelines_own_keys_are_checked_too(tmp_path: Path, top: str, line: int, key: str, message: str) -> None:
+    path, result = run_cli(tmp_path, top + GOOD)
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"error: {path}:{line}: field '{key}': ") and message in result.stderr

@@ -20,18 +20,30 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from llamabrew.errors import InputError
 from llamabrew.pipeline.kinds import KINDS
-from llamabrew.recipe import parse_set, set_dotted
+from llamabrew.recipe import Section, parse_set, set_dotted
 
 REF = re.compile(r"\$\{([A-Za-z0-9_-]+)(?:\.([A-Za-z0-9_-]+))?\}")
-TOP_KEYS = {"name", "out", "vars", "price_per_hour", "log_to", "extends", "stages"}
 Key = tuple[str, ...]
+
+
+class PipelineSettings(Section):
+    """A pipeline file's own keys (``extends`` is read before: it names another file)."""
+
+    name: str | None = Field(None, description="a title for the report (default: the out folder's name)")
+    out: Path | None = Field(None, description="the pipeline's run directory (default: runs/<file name>)")
+    vars: dict[str, Any] = Field(default_factory=dict, description="values for ${vars.NAME}")
+    price_per_hour: float | None = Field(None, ge=0, description="what an hour of this machine costs, for every "
+                                         "training stage that does not say")
+    log_to: list[Literal["tensorboard", "wandb"]] = Field(default_factory=list, description="trackers for "
+                                                          "every training stage")
+    stages: dict[str, Any] = Field(..., min_length=1, description="stage name → kind: and its recipe section")
 
 
 @dataclass
@@ -56,7 +68,6 @@ class Pipeline:
     stages: list[Stage]  # in run order
     price_per_hour: float | None = None
     log_to: list[str] = field(default_factory=list)
-    tree: dict[str, Any] = field(default_factory=dict)  # the file as read (extends merged, --set applied)
 
     def stage(self, name: str) -> Stage:
         return next(s for s in self.stages if s.name == name)
@@ -158,16 +169,14 @@ def load_pipeline(path: str | Path, sets: list[str] | None = None) -> Pipeline:
 
 
 def build(tree: dict[str, Any], reader: _Reader, default_out: Path) -> Pipeline:
+    known = [*PipelineSettings.model_fields, "extends"]
     for key in tree:
-        if key not in TOP_KEYS:
-            raise reader.fail(f"unknown key (a pipeline has {', '.join(sorted(TOP_KEYS))})", (str(key),))
-    variables = tree.get("vars") or {}
-    if not isinstance(variables, dict):
-        raise reader.fail("must be a mapping of names to values", ("vars",))
-    raw_stages = tree.get("stages")
-    if not isinstance(raw_stages, dict) or not raw_stages:
-        raise reader.fail("a pipeline needs stages: a mapping of stage names to their recipe sections", ("stages",))
-    out = Path(str(tree.get("out") or default_out))
+        if key not in known:
+            raise reader.fail(f"unknown key (a pipeline has {', '.join(known)})", (str(key),))
+    settings = _validate(PipelineSettings, tree, (), reader)
+    assert isinstance(settings, PipelineSettings)
+    variables, raw_stages = settings.vars, settings.stages
+    out = settings.out or default_out
     bodies, kinds = {}, {}
     for name, body in raw_stages.items():
         key = ("stages", str(name))
@@ -188,9 +197,9 @@ def build(tree: dict[str, Any], reader: _Reader, default_out: Path) -> Pipeline:
     order = _run_order(list(bodies), deps, bodies, reader)
     stages: dict[str, Stage] = {}
     for name in order:
-        stages[name] = _resolve(name, kinds[name], bodies[name], deps[name], stages, out, tree, reader)
-    pipeline = Pipeline(reader.path, str(tree.get("name") or out.name), out, [stages[n] for n in order],
-                        tree.get("price_per_hour"), list(tree.get("log_to") or []), tree)
+        stages[name] = _resolve(name, kinds[name], bodies[name], deps[name], stages, out, settings, reader)
+    pipeline = Pipeline(reader.path, settings.name or out.name, out, [stages[n] for n in order],
+                        settings.price_per_hour, list(settings.log_to))
     _check_inputs(pipeline, reader)
     return pipeline
 
@@ -250,7 +259,7 @@ def _find_cycle(left: list[str], deps: dict[str, list[str]]) -> list[str]:
 
 
 def _resolve(name: str, kind_name: str, body: dict[str, Any], deps: list[str], done: dict[str, Stage],
-             out: Path, tree: dict[str, Any], reader: _Reader) -> Stage:
+             out: Path, settings: PipelineSettings, reader: _Reader) -> Stage:
     kind, key, folder = KINDS[kind_name], ("stages", name), out / name
     resolved = {k: substitute(v, lambda m, where=(*key, str(k)): _output_of(m, done, where, reader))
                 for k, v in body.items()}
@@ -259,10 +268,10 @@ def _resolve(name: str, kind_name: str, body: dict[str, Any], deps: list[str], d
     if kind.compute:
         optim = resolved.setdefault("optim", {}) or {}
         resolved["optim"] = optim
-        if tree.get("price_per_hour") is not None:
-            optim.setdefault("price_per_hour", tree["price_per_hour"])
-        if tree.get("log_to"):
-            optim["log_to"] = list(dict.fromkeys([*(optim.get("log_to") or []), *tree["log_to"]]))
+        if settings.price_per_hour is not None:
+            optim.setdefault("price_per_hour", settings.price_per_hour)
+        if settings.log_to:
+            optim["log_to"] = list(dict.fromkeys([*(optim.get("log_to") or []), *settings.log_to]))
     section = _validate(kind.section, resolved, key, reader)
     return Stage(name, kind_name, section, folder, kind.outputs(section, folder), deps)
 
