@@ -4,6 +4,7 @@ it opens offline, mails as one attachment and prints (each section keeps togethe
 from __future__ import annotations
 
 import datetime
+import re
 from html import escape
 from typing import Any
 
@@ -16,7 +17,7 @@ body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#
 padding:24px}h1{font-size:26px;margin:0 0 4px}h2{font-size:20px;border-bottom:2px solid #8a5a2b;padding-bottom:3px;
 margin-top:34px}h3{font-size:16px;margin:18px 0 6px}.sub{color:#666}table{border-collapse:collapse;margin:8px 0;
 font-variant-numeric:tabular-nums}th,td{border:1px solid #ddd;padding:4px 9px;text-align:right}th{background:#f5efe8}
-td:first-child,th:first-child{text-align:left}pre{background:#faf8f5;border:1px solid #e6dfd6;padding:10px;
+td:first-child,th:first-child,td.t{text-align:left}pre{background:#faf8f5;border:1px solid #e6dfd6;padding:10px;
 overflow:auto;font-size:12.5px;white-space:pre-wrap}.none{color:#888;font-style:italic}.ok{color:#1b7f3b;
 font-weight:600}.bad{color:#b3261e;font-weight:600}svg{max-width:100%;height:auto;font-size:11px;fill:#333}
 svg .plot{fill:#fff;stroke:#bbb}svg .grid{stroke:#eee}svg .axis{stroke:#999}svg .bar{fill:#8a5a2b}
@@ -49,13 +50,21 @@ def usd(x: Any) -> str:
 
 def table(head: list[str], rows: list[list[Any]]) -> str:
     th = "".join(f"<th>{escape(h)}</th>" for h in head)
-    body = "".join("<tr>" + "".join(f"<td>{c if isinstance(c, Markup) else escape(str(c))}</td>" for c in r)
-                   + "</tr>" for r in rows)
+    body = "".join("<tr>" + "".join(_cell(c) for c in r) + "</tr>" for r in rows)
     return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
 
 
 class Markup(str):
     """Already-escaped HTML for a table cell."""
+
+
+NUMBER = re.compile(r"^[-+≤$]?[\d.,]+(e[-+]?\d+)?%?( \[.*\])?$|^-$|^[\d.]+(h|m)[\d]+(m|s)$|^[\d.]+( / [\d.]+)+$")
+
+
+def _cell(c: Any) -> str:
+    """Numbers right-aligned (they line up), words and paths left."""
+    text = c if isinstance(c, Markup) else escape(str(c))
+    return f"<td>{text}</td>" if isinstance(c, int | float) or NUMBER.match(str(c)) else f'<td class="t">{text}</td>'
 
 
 def section(key: str, title: str, body: str) -> str:
