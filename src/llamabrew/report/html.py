@@ -49,9 +49,10 @@ def usd(x: Any) -> str:
 
 
 def table(head: list[str], rows: list[list[Any]]) -> str:
-    th = "".join(f"<th>{escape(h)}</th>" for h in head)
+    th = "".join(f"<th>{escape(h)}</th>" for h in head) if any(head) else ""
     body = "".join("<tr>" + "".join(_cell(c) for c in r) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
+    thead = f"<thead><tr>{th}</tr></thead>" if th else ""
+    return f"<table>{thead}<tbody>{body}</tbody></table>"
 
 
 class Markup(str):
