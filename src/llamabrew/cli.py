@@ -51,12 +51,13 @@ TRAIN_FLAGS: Flags = {
     "group_size": "grpo.group_size", "kl_coef": "grpo.kl_coef",
     "max_completion_tokens": "grpo.max_completion_tokens", "temperature": "grpo.temperature",
     "budget_usd": "optim.budget_usd", "price_per_hour": "optim.price_per_hour", "parallel": "optim.parallel",
+    "log_to": "optim.log_to",
 }
 PRETRAIN_FLAGS: Flags = {
     "corpus": "corpus", "out": "out", "params": "params", "max_minutes": "optim.max_minutes",
     "epochs": "optim.epochs", "lr": "optim.learning_rate", "vocab_size": "vocab_size", "seq_len": "seq_len",
     "seed": "optim.seed", "threads": "optim.threads", "resume": ("resume", "--resume"),
-    "budget_usd": "optim.budget_usd", "price_per_hour": "optim.price_per_hour",
+    "budget_usd": "optim.budget_usd", "price_per_hour": "optim.price_per_hour", "log_to": "optim.log_to",
 }
 
 
@@ -113,18 +114,10 @@ def eval_cmd(
 ) -> None:
     """Held-out loss/perplexity, exact match and contains-match of generated answers."""
     from llamabrew import evaluate
-    from llamabrew.errors import LlamabrewError
     from llamabrew.io import atomic_write_text
 
     r = load_recipe(EvalRecipe, recipe, overrides)
-    model = r.model or r.adapter
-    if model is None:
-        raise LlamabrewError("pass --base (a run or model directory, a .gguf file or openai:URL) and/or --adapter")
-    if r.data is None:
-        raise LlamabrewError("pass --data (held-out instruction → expected output)")
-    result = evaluate.run(model, r.data, adapter=r.adapter if r.model else None, compare=r.compare,
-                          template=r.template, max_new_tokens=r.max_new_tokens, batch_size=r.batch_size,
-                          limit=r.limit, threads=r.threads)
+    result = evaluate.run_recipe(r)
     if samples:
         atomic_write_text(samples, "".join(json.dumps(s) + "\n" for s in result.tuned.samples))
     if as_json:
@@ -212,12 +205,14 @@ def quickstart(
 
 def _register_stage_commands() -> None:
     """Commands that live beside their stage: `data ...`, `import`, `merge`, `export`, `serve`, `answer`,
-    `judge`, `arena`, `leaderboard`."""
+    `judge`, `arena`, `leaderboard`; `run` (a pipeline file) and `report`."""
     from llamabrew.data.cli import data_app
     from llamabrew.evaluate.arena_cli import arena_app
     from llamabrew.evaluate.cli import answer, judge, leaderboard
     from llamabrew.export.cli import export, merge
     from llamabrew.gguf.cli import import_model
+    from llamabrew.pipeline.cli import run
+    from llamabrew.report.cli import report
     from llamabrew.serve.cli import serve
 
     app.add_typer(data_app, name="data")
@@ -229,6 +224,8 @@ def _register_stage_commands() -> None:
     app.command()(judge)
     app.command()(leaderboard)
     app.add_typer(arena_app, name="arena")
+    app.command("run")(run)
+    app.command()(report)
 
 
 _register_stage_commands()

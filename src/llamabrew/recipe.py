@@ -85,6 +85,9 @@ class OptimConfig(Section):
         "auto", description="under torchrun / accelerate launch with several ranks: ddp (a whole model per device) "
         "or fsdp (weights, gradients and optimizer state sharded; full fine-tuning); auto: fsdp for --method "
         "full, ddp for LoRA")
+    log_to: list[Literal["tensorboard", "wandb"]] = Field(
+        default_factory=list, description="also log to tensorboard (event files in RUN/tensorboard) or wandb "
+        "(the wandb extra; WANDB_MODE=offline needs no account); repeatable")
 
 
 class PretrainOptimConfig(OptimConfig):
@@ -250,7 +253,7 @@ def parse_set(items: list[str] | None, cls: type[BaseModel] | None = None) -> di
     return out
 
 
-def _set_dotted(tree: dict[str, Any], dotted: str, value: Any, file: Path | None = None) -> None:
+def set_dotted(tree: dict[str, Any], dotted: str, value: Any, file: Path | None = None) -> None:
     *parents, leaf = dotted.split(".")
     for p in parents:
         if tree.get(p) is None:  # absent, or an empty YAML section (`optim:` with every key commented out)
@@ -283,7 +286,7 @@ def load_recipe(
             raise InputError("a recipe must be a mapping", file=p)
     for key, value in (overrides or {}).items():
         if value is not None:
-            _set_dotted(tree, key, value, None if path is None else Path(path))
+            set_dotted(tree, key, value, None if path is None else Path(path))
     try:
         return cls.model_validate(tree)
     except ValidationError as e:

@@ -34,6 +34,7 @@ from llamabrew.train.cost import budget_seconds
 from llamabrew.train.distributed import DataParallel, micro_seed
 from llamabrew.train.objective import CausalLM, Objective
 from llamabrew.train.report import write_loss_plot
+from llamabrew.train.tracking import Trackers
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +156,7 @@ def fit(
     kept = [r for r in read_jsonl(log_path) if r.get("step", 0) <= progress.step] if resume and main else []
     if main:
         _rewrite_log(log_path, kept)
+    trackers = Trackers(cfg.log_to if main else [], out, progress.step)  # what the loss log gets, rank 0 only
     val_batches = batcher.eval_batches(val, cfg) if val else []
     autocast = autocast_for(device, dtype)
     model.train()
@@ -207,6 +209,7 @@ def fit(
                 record |= {f"val_{k}": round(v, 6) for k, v in val_metrics.items()}
             if main and (progress.step % cfg.log_every == 0 or "val_loss" in record or done):
                 append_jsonl(log_path, record)
+                trackers.log(record)
             if progress.step % save_every == 0 or done:
                 par.save(ckpt_root, optimizer, scheduler, progress, cfg.keep_checkpoints)
             losses.append(last_train)
@@ -222,6 +225,7 @@ def fit(
                     log.warning(f"budget ${cfg.budget_usd:g} spent after {progress.step} of {n_steps} steps: stopped "
                                 "with a checkpoint; raise --budget-usd and pass --resume to go on")
                 break
+    trackers.close()
     if main:
         write_loss_plot(log_path, run.loss_plot)
     return FitResult(progress.step, last_train, last_val, stopped_early, progress.elapsed_s)

@@ -36,6 +36,7 @@ from llamabrew.train.loop import autocast_for, fit, steps_per_epoch
 from llamabrew.train.objective import CausalLM
 from llamabrew.train.plan import format_duration
 from llamabrew.train.tokenizer import train_bpe_tokenizer
+from llamabrew.train.tracking import check_trackers
 
 # (hidden size, layers): a ladder of LLaMA shapes from ~0.1M to ~100M parameters (plus embeddings).
 SHAPES = [(64, 2), (96, 3), (128, 4), (160, 4), (192, 6), (256, 6), (320, 8), (384, 8), (512, 10), (640, 12),
@@ -202,13 +203,13 @@ def plan_model(train: list[Encoded], tokenizer: Any, recipe: PretrainRecipe, bat
 
 def run(recipe: PretrainRecipe) -> Path:
     """Pretrain and save a standard HF model directory (config, safetensors, tokenizer) to ``recipe.out``."""
-    from transformers import AutoTokenizer, LlamaForCausalLM
-
     out, run_dir = Path(recipe.out), Run(recipe.out)
     if launched().world > 1:
         raise LlamabrewError("pretrain runs in one process (it sizes its model to one device's measured speed): "
                              "launch it without torchrun / accelerate")
     budget_seconds(recipe.optim)  # a budget without a price fails now
+    check_trackers(recipe.optim.log_to)  # so does a tracker whose extra is missing
+    from transformers import AutoTokenizer, LlamaForCausalLM
     if list_checkpoints(run_dir.checkpoints) and not recipe.resume:
         raise LlamabrewError(f"{out} already holds checkpoints: pass --resume to continue, or choose another --out")
     threads = set_threads(recipe.optim.threads)

@@ -27,7 +27,8 @@ from llamabrew.train.defaults import resolve as resolve_defaults
 from llamabrew.train.distributed import DataParallel, choose_strategy, launched
 from llamabrew.train.loop import FitResult, fit
 from llamabrew.train.objective import CausalLM, Objective
-from llamabrew.train.plan import print_plan
+from llamabrew.train.plan import estimate_time, print_plan
+from llamabrew.train.tracking import check_trackers
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -124,6 +125,7 @@ def check_start(recipe: Recipe) -> Recipe:
         recipe.model.base = str(Path(recipe.model.base).resolve())
     budget_seconds(recipe.optim)  # a budget without a price fails now, not after the model has loaded
     strategy(recipe)  # and so does a strategy that does not fit the method
+    check_trackers(recipe.optim.log_to)  # and a tracker whose extra is missing
     if list_checkpoints(Run(recipe.out).checkpoints) and not recipe.resume:
         raise LlamabrewError(f"{recipe.out} already holds checkpoints: pass --resume to continue, or choose "
                              "another --out")
@@ -135,9 +137,25 @@ def strategy(recipe: Recipe) -> str:
     return choose_strategy(recipe.method, recipe.optim.parallel, launched().world)
 
 
-def run(recipe: Recipe) -> TrainResult:
-    """Supervised fine-tuning of ``recipe.model.base`` on ``recipe.data``; the adapter (or model) goes to
-    ``recipe.out``. (`llamabrew.train.run` sends the other objectives to their own set-up.)"""
+@dataclass
+class Prepared:
+    """A supervised run set up to train: what `run` fits and `estimate_seconds` times."""
+
+    recipe: Recipe
+    model: Any
+    tokenizer: Any
+    template: Template
+    train: list[Encoded]
+    val: list[Encoded]
+    batcher: Batcher
+    objective: Objective
+    device: torch.device
+    dtype: torch.dtype
+    threads: int
+
+
+def prepare(recipe: Recipe) -> Prepared:
+    """Check, read and tokenize the data, load the base (+ LoRA) on the device."""
     recipe = check_start(recipe)
     if recipe.model.adapter:
         raise LlamabrewError("--adapter continues an adapter with dpo, reward or grpo; for more supervised "
@@ -162,8 +180,25 @@ def run(recipe: Recipe) -> TrainResult:
     pad = tokenizer.pad_token_id
     batcher = PackedBatcher(pad, recipe.data.cutoff_len) if recipe.data.packing else PaddedBatcher(pad)
     objective = CausalLM(recipe.optim.loss_chunk_tokens)
-    return fit_and_save(recipe, model, tokenizer, template, train, val, batcher, objective, device, dtype, threads,
-                        kind="sft")
+    return Prepared(recipe, model, tokenizer, template, train, val, batcher, objective, device, dtype, threads)
+
+
+def run(recipe: Recipe) -> TrainResult:
+    """Supervised fine-tuning of ``recipe.model.base`` on ``recipe.data``; the adapter (or model) goes to
+    ``recipe.out``. (`llamabrew.train.run` sends the other objectives to their own set-up.)"""
+    p = prepare(recipe)
+    return fit_and_save(p.recipe, p.model, p.tokenizer, p.template, p.train, p.val, p.batcher, p.objective,
+                        p.device, p.dtype, p.threads, kind="sft")
+
+
+def estimate_seconds(recipe: Recipe) -> float:
+    """What `run` would take on this machine: the plan's own timing (`plan.estimate_time`), within max_minutes."""
+    p = prepare(recipe.model_copy(update={"resume": True}))  # an estimate never minds existing checkpoints
+    chosen = resolve_defaults(p.recipe.optim, p.recipe.method, p.model,
+                              p.batcher.micro_batches_per_epoch(p.train, p.recipe.optim))
+    seconds = estimate_time(p.model, p.train, p.val, chosen.optim, p.batcher, p.device, p.objective,
+                            dtype=p.dtype).total_s
+    return min(seconds, recipe.optim.max_minutes * 60) if recipe.optim.max_minutes else seconds
 
 
 def fit_and_save(recipe: Recipe, model: Any, tokenizer: Any, template: Template, train: Sequence[Any],
