@@ -101,7 +101,8 @@ def format_duration(seconds: float) -> str:
 
 def print_plan(model: torch.nn.Module, train: Sequence[Encoded], val: Sequence[Encoded], cfg: OptimConfig,
                batcher: Batcher, device: torch.device, threads: int, what: str, notes: Sequence[str] = (),
-               objective: Objective | None = None, dtype: torch.dtype = torch.float32) -> float:
+               objective: Objective | None = None, dtype: torch.dtype = torch.float32, speed: str = "",
+               speed_notes: Sequence[str] = ()) -> float:
     """Log the plan and return the estimated seconds."""
     n_params = sum(p.numel() for p in model.parameters())
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -125,4 +126,7 @@ def print_plan(model: torch.nn.Module, train: Sequence[Encoded], val: Sequence[E
         f"expected time {format_duration(est)}{cost}")
     if notes:
         log.info(f"  defaults chosen: {'; '.join(notes)}", extra={"style": "dim"})
+    if speed:
+        log.info(f"  fast path: {speed}" + (f" (auto: {'; '.join(speed_notes)})" if speed_notes else ""),
+                 extra={"style": "dim"})
     return est
