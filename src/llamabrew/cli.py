@@ -51,6 +51,8 @@ TRAIN_FLAGS: Flags = {
     "group_size": "grpo.group_size", "kl_coef": "grpo.kl_coef",
     "max_completion_tokens": "grpo.max_completion_tokens", "temperature": "grpo.temperature",
     "budget_usd": "optim.budget_usd", "price_per_hour": "optim.price_per_hour",
+    "packing": "data.packing", "optimizer": "optim.optimizer", "dora": ("lora.use_dora", "--dora"),
+    "rslora": ("lora.use_rslora", "--rslora"),
 }
 PRETRAIN_FLAGS: Flags = {
     "corpus": "corpus", "out": "out", "params": "params", "max_minutes": "optim.max_minutes",
