@@ -108,7 +108,7 @@ def write_alpaca_like(path: Path, n: int = 52002) -> None:
     with path.open("w") as f:
         for i, length in enumerate(alpaca_like_lengths(n)):
             chars = 4 * max(1, length - 40)  # the plan counts 40 tokens of Alpaca prompt around the text
-            text = " ".join(words[(i + k) % len(words)] for k in range(chars))[:chars]
+            text = (f"task {i}: " + " ".join(words[(i + k) % len(words)] for k in range(chars)))[:chars]
             cut = int(0.3 * chars)
             f.write(json.dumps({"instruction": text[:cut], "input": "", "output": text[cut:]}) + "\n")
 

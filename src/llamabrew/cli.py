@@ -117,7 +117,7 @@ def plan(
     for c in p.cards:
         table.add_row(c.card + (" ←" if c.card == gpu else ""),
                       "-" if c.usd_per_hour is None else f"{c.usd_per_hour:.2f}",
-                      "-" if c.tokens_per_s is None else f"{c.tokens_per_s:,.0f}",
+                      "-" if c.tokens_per_s is None else f"{c.tokens_per_s:,.{0 if c.tokens_per_s >= 10 else 1}f}",
                       "-" if c.seconds is None else format_duration(c.seconds), _usd(c.cost_usd),
                       f"{c.memory_gib:.1f}/{c.capacity_gib:.0f}",
                       ("yes" if c.fits else "no") + (" ckpt" if c.checkpointing else ""),

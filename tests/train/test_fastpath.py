@@ -146,3 +146,16 @@ def test_dora_and_rslora_adapters_train_and_load_back_with_peft(tmp_path: Path, 
         assert "default" in q_proj.lora_magnitude_vector  # a learnt magnitude per output row
     else:
         assert q_proj.scaling["default"] == pytest.approx(r.lora.alpha / r.lora.r**0.5)  # not alpha / r
+
+
+def test_the_switches_are_train_flags_and_read_auto_on_off() -> None:
+    from typer.testing import CliRunner
+
+    from llamabrew.cli import app
+    from llamabrew.recipe import load_recipe
+
+    help_text = CliRunner().invoke(app, ["train", "--help"], terminal_width=200).output
+    for flag in ("--packing", "--optimizer", "--dora", "--rslora"):
+        assert flag in help_text
+    assert [load_recipe(Recipe, None, {"data.packing": v}).data.packing for v in ("on", "off", "auto")] == [
+        True, False, "auto"]

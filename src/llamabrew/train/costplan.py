@@ -24,6 +24,7 @@ from llamabrew.data.batching import first_fit_decreasing
 from llamabrew.errors import InputError, LlamabrewError
 from llamabrew.recipe import Recipe
 from llamabrew.train.cards import CARDS, MULTI_GPU_EFFICIENCY, PRICES_AS_OF, assumed_mfu
+from llamabrew.train.fastpath import MEMORY_HEADROOM
 from llamabrew.train.memory import (
     GIB,
     ModelShape,
@@ -232,7 +233,7 @@ def plan_costs(recipe: Recipe, *, params: str | None = None, gpus: int = 1, shar
             continue
         card = CARDS[name]
         memory = estimate_memory(shape, replace(setup, checkpointing=forced == "on"))
-        checkpointing = forced == "on" or (forced == "auto" and memory.total_gib > card.memory_gib)
+        checkpointing = forced == "on" or (forced == "auto" and memory.total_gib > MEMORY_HEADROOM * card.memory_gib)
         if checkpointing:
             memory = estimate_memory(shape, replace(setup, checkpointing=True))
         mfu = assumed_mfu(method, quant)

@@ -97,7 +97,8 @@ def attach_lora(model: Any, recipe: Recipe, task_type: str = "CAUSAL_LM", checkp
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     if recipe.model.quantize_4bit:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing,
+                                                gradient_checkpointing_kwargs={"use_reentrant": False})
     cfg = LoraConfig(
         r=recipe.lora.r, lora_alpha=recipe.lora.alpha, lora_dropout=recipe.lora.dropout,
         target_modules=recipe.lora.target_modules, task_type=task_type,
