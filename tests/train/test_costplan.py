@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from llamabrew.cli import app
+from llamabrew.errors import LlamabrewError
 from llamabrew.recipe import Recipe
 from llamabrew.train.cards import CARDS, MULTI_GPU_EFFICIENCY
 from llamabrew.train.costplan import computed_per_epoch, plan_costs
@@ -108,3 +109,28 @@ def test_bad_data_and_a_bad_recipe_name_the_file_and_exit_2(tmp_path: Path) -> N
     assert res.exit_code == 2 and "r.yaml" in res.output and "optim.epochs" in res.output
     res = CliRunner().invoke(app, ["plan", "--base", str(tmp_path / "nowhere"), "--data", str(bad)])
     assert res.exit_code == 2 and "--params" in res.output
+
+
+def test_a_hub_model_in_the_cache_is_planned_from_its_cached_files(tmp_path: Path, tiny_model_dir: Path,
+                                                                   monkeypatch) -> None:
+    """No download: config.json and the tokenizer come from the Hugging Face cache's snapshot of the repo."""
+    import shutil
+
+    import huggingface_hub.constants
+
+    snapshot = tmp_path / "hub" / "models--acme--tiny" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    for f in tiny_model_dir.iterdir():
+        if f.suffix in (".json", ".jinja"):
+            shutil.copy(f, snapshot / f.name)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("abc123")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    r = Recipe.model_validate({"model": {"base": "acme/tiny"}, "data": {
+        "train_files": [str(write_data(tmp_path / "d.jsonl"))], "val_fraction": 0, "template": "alpaca_short"}})
+    plan = plan_costs(r, cards=["4090"])
+    assert plan.shape.hidden == 32 and plan.shape.layers == 2
+    assert plan.data.source == "tokenized with acme/tiny's tokenizer" and len(plan.data.lengths) == 60
+    with pytest.raises(LlamabrewError, match="--params"):
+        plan_costs(r.model_copy(update={"model": r.model.model_copy(update={"base": "acme/absent"})}),
+                   cards=["4090"])

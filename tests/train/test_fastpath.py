@@ -4,6 +4,7 @@ run recording what it chose; DoRA and rsLoRA adapters train and load back with P
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 from pathlib import Path
@@ -115,7 +116,7 @@ def test_a_cpu_run_prints_and_records_its_fast_path(tmp_path: Path, tiny_model_d
     train.run(sft_recipe(tiny_model_dir, write_data(tmp_path / "d.jsonl"), out, max_steps=2))
     assert "fast path: padded, sdpa, plain loss, adamw" in caplog.text
     assert Run(out).summary().fast_path == {
-        "packing": False, "attention": "sdpa", "loss": "plain", "chunk_tokens": fastpath.DEFAULT_CHUNK_TOKENS,
+        "packing": False, "attention": "sdpa", "loss": "plain", "chunk_tokens": 0,
         "liger_kernels": False, "gradient_checkpointing": False, "compile": False, "optimizer": "adamw"}
     saved = yaml.safe_load((out / "recipe.yaml").read_text())
     assert saved["data"]["packing"] is False and saved["optim"]["optimizer"] == "adamw"
@@ -159,3 +160,18 @@ def test_the_switches_are_train_flags_and_read_auto_on_off() -> None:
         assert flag in help_text
     assert [load_recipe(Recipe, None, {"data.packing": v}).data.packing for v in ("on", "off", "auto")] == [
         True, False, "auto"]
+
+
+def test_a_bitsandbytes_optimizer_without_the_gpu_extra_names_the_extra() -> None:
+    from llamabrew.extras import MissingExtra
+    from llamabrew.recipe import OptimConfig
+    from llamabrew.train.loop import make_optimizer
+
+    model = torch.nn.Linear(4, 4)
+    assert type(make_optimizer(model, OptimConfig(learning_rate=1e-3), torch.device("cpu"))) is torch.optim.AdamW
+    if importlib.util.find_spec("bitsandbytes") is None:
+        with pytest.raises(MissingExtra, match="'gpu' extra"):
+            make_optimizer(model, OptimConfig(learning_rate=1e-3, optimizer="paged_adamw_8bit"), torch.device("cpu"))
+    else:  # 8-bit AdamW is bitsandbytes' own class
+        opt = make_optimizer(model, OptimConfig(learning_rate=1e-3, optimizer="adamw_8bit"), torch.device("cpu"))
+        assert type(opt).__module__.startswith("bitsandbytes")

@@ -91,7 +91,7 @@ class FastPath:
         return PackedBatcher(pad_id, row_len, block_mask=self.attention in ("sdpa", "eager"), fixed_width=self.compile)
 
     def objective(self) -> CausalLM:
-        return CausalLM(self.chunk_tokens if self.loss != "plain" else 0, fused=self.loss == "liger")
+        return CausalLM(self.chunk_tokens, fused=self.loss == "liger")
 
 
 def _switch(value: str, auto: bool) -> bool:
@@ -133,7 +133,7 @@ def choose(recipe: Recipe, env: Environment, shape: ModelShape) -> FastPath:
         if speed.loss == "liger":
             require("gpu", "speed.loss=liger", "liger_kernel")
         loss = speed.loss
-    chunk = chunk or DEFAULT_CHUNK_TOKENS
+    chunk = (chunk or DEFAULT_CHUNK_TOKENS) if loss == "chunked" else 0
 
     liger_ok = cuda and "liger_kernel" in have and shape.model_type in LIGER_MODEL_TYPES
     if speed.liger_kernels == "on" and not liger_ok:
