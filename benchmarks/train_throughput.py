@@ -117,7 +117,7 @@ def build_model(shape: tuple[int, ...], cfg: Config, device: Any, work: Path) ->
     """Random weights: built on the device in bf16 (fp32 on a CPU, as llamabrew loads there); a 4-bit base goes
     through llamabrew's own loader (from_pretrained + NF4 double-quant) from a saved random bf16 copy."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM, LlamaConfig
 
     hidden, layers, inter, vocab, heads = shape
     config = LlamaConfig(hidden_size=hidden, num_hidden_layers=layers, intermediate_size=inter, vocab_size=vocab,
@@ -125,15 +125,15 @@ def build_model(shape: tuple[int, ...], cfg: Config, device: Any, work: Path) ->
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     if not cfg.quant:
         torch.manual_seed(0)
-        with torch.device(device):
-            return LlamaForCausalLM(config).to(dtype)
+        with torch.device(device):  # made in its dtype on the device: a 7B never exists in fp32
+            return AutoModelForCausalLM.from_config(config, dtype=dtype)
     from llamabrew.models import load_causal_lm
 
     saved = work / f"random-{'-'.join(map(str, shape))}"
     if not (saved / "config.json").is_file():
         torch.manual_seed(0)
         with torch.device(device):
-            LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(saved, safe_serialization=True)
+            AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).save_pretrained(saved)
     return load_causal_lm(str(saved), torch.bfloat16, quantize_4bit=True)
 
 

@@ -175,3 +175,42 @@ def test_a_bitsandbytes_optimizer_without_the_gpu_extra_names_the_extra() -> Non
     else:  # 8-bit AdamW is bitsandbytes' own class
         opt = make_optimizer(model, OptimConfig(learning_rate=1e-3, optimizer="adamw_8bit"), torch.device("cpu"))
         assert type(opt).__module__.startswith("bitsandbytes")
+
+
+def test_compiled_layers_with_checkpointing_and_varlen_rows_give_the_eager_losses(tiny_model_dir: Path) -> None:
+    """torch.compile is chosen on CUDA only, but its wiring (per-layer compile of a LoRA model, activation
+    checkpointing, packed fixed-width rows with no mask) is the same on a CPU: compiled, it computes the same."""
+    from torch._dynamo.utils import counters
+    from transformers import AutoModelForCausalLM
+
+    from llamabrew.data.encode import IGNORE, Encoded
+    from llamabrew.recipe import OptimConfig
+    from llamabrew.train.sft import attach_lora
+
+    gen = torch.Generator().manual_seed(1)
+    data = []
+    for n in (9, 30, 14, 22, 5, 40, 17, 12, 26, 8, 33, 19):
+        ids = torch.randint(3, 400, (n,), generator=gen).tolist()
+        data.append(Encoded(ids, [IGNORE] * (n // 3) + ids[n // 3:]))
+    losses = []
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+        fast = fastpath.FastPath(True, "sdpa", "plain", 0, False, True, compiled, "adamw")
+        fastpath.prepare_base(model, fast)
+        model = attach_lora(model, Recipe(), checkpointing=True).train()
+        frames = counters["frames"]["ok"]
+        assert fastpath.compile_layers(model, fast) == (2 if compiled else 0)
+        cfg, batcher = OptimConfig(micro_batch_size=2, seed=0), fast.batcher(0, 64)
+        longest = max(sum(len(data[i]) for i in row) for row in batcher.rows(data, 0, 0)[:2])
+        assert batcher.batch(data, cfg, 0)["input_ids"].shape[1] == (64 if compiled else longest) < 64 + compiled
+        out = []
+        for i in range(3):
+            batch = batcher.batch(data, cfg, i)
+            del batch["attention_mask"]  # rows told apart by their position ids alone, as varlen kernels take them
+            o = fast.objective()(model, batch)
+            o.loss.backward()
+            out.append(float(o.loss.detach()))
+        losses.append(out)
+        assert (counters["frames"]["ok"] > frames) == compiled
+    assert losses[1] == pytest.approx(losses[0], rel=1e-4)
