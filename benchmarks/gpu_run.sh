@@ -7,8 +7,8 @@
 #   bash benchmarks/gpu_run.sh run [CONFIGS]    # there: run(command="bash benchmarks/gpu_run.sh run", carry=[".whl"])
 #
 # `run` prints every figure, writes the GPU section of benchmarks/RESULTS.md and copies it (and the log) to $OUT.
-# About 9 minutes on an H200 for all six CUDA configurations at 20 s each; name some (e.g. "hf-qlora qlora-8g") to
-# split the run across two calls.
+# Sized (not yet run) for about 9 minutes on an H200: six CUDA configurations at 20 s each, plus building, compiling
+# and saving a random 4-bit base once; name some (e.g. "hf-qlora qlora-8g") to split the run across two calls.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WHEELS=(pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5

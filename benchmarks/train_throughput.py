@@ -16,7 +16,7 @@ recomputation not counted, as issue 14 counts them), and its ratio to the recipe
 - ``qlora-8g``: llamabrew QLoRA with the same adapter, fast path auto for an 8 GiB budget (CUDA only).
 - ``packed-cpu``: on a CPU only, the defaults with packing forced on (auto keeps it off there; this measures it).
 
-On a GPU (one command; an H200 session runs it in about 8 minutes, `--seconds` per configuration):
+On a GPU (one command, sized for about 9 minutes on an H200 at `--seconds 20`; not run yet):
 
     python benchmarks/train_throughput.py --device cuda            # 7B shape, prints every figure and the goals
 
