@@ -52,6 +52,8 @@ TRAIN_FLAGS: Flags = {
     "max_completion_tokens": "grpo.max_completion_tokens", "temperature": "grpo.temperature",
     "budget_usd": "optim.budget_usd", "price_per_hour": "optim.price_per_hour", "parallel": "optim.parallel",
     "log_to": "optim.log_to",
+    "packing": "data.packing", "optimizer": "optim.optimizer", "dora": ("lora.use_dora", "--dora"),
+    "rslora": ("lora.use_rslora", "--rslora"),
 }
 PRETRAIN_FLAGS: Flags = {
     "corpus": "corpus", "out": "out", "params": "params", "max_minutes": "optim.max_minutes",
@@ -79,6 +81,64 @@ def train(
     console.print(f"[green]done[/]: {result.steps} steps, train loss {result.train_loss:.4f}"
                   + (f", validation loss {result.val_loss:.4f}" if result.val_loss is not None else "")
                   + f" · adapter, loss.jsonl, loss.png in {result.out}", highlight=False)
+
+
+@app.command()
+@friendly_errors
+@recipe_flags(Recipe, TRAIN_FLAGS)
+def plan(
+    recipe: Annotated[Path | None, typer.Argument(help="recipe YAML; the same flags as `llamabrew train`")] = None,
+    gpu: Annotated[str | None, Opt(help="the card to price with --price-per-hour: h100, h200, a100, l4, 4090 "
+                                        "or cpu (default: every card, the cheapest that fits named)")] = None,
+    gpus: Annotated[int, Opt(help="GPUs in one machine (time scaled at 90% efficiency)")] = 1,
+    sharding: Annotated[str, Opt(help="with --gpus: ddp (weights on every GPU) or fsdp (weights, gradients "
+                                      "and optimizer state sharded)")] = "ddp",
+    params: Annotated[str | None, Opt(help="plan a model you do not have by its size, e.g. 7B, 70B, 135M")] = None,
+    *, overrides: dict[str, Any],
+) -> None:
+    """Before renting anything: time, cost, memory per GPU and whether it fits, on each listed card."""
+    from llamabrew.errors import InputError
+    from llamabrew.train.costplan import describe_prices, plan_costs
+    from llamabrew.train.plan import format_duration
+
+    price = overrides.pop("optim.price_per_hour", None)
+    if price is not None and gpu is None:
+        raise InputError("--price-per-hour prices one card: name it with --gpu (h100, h200, a100, l4, 4090, cpu)")
+    r = load_recipe(Recipe, recipe, overrides)
+    p = plan_costs(r, params=params, gpus=gpus, sharding=sharding, gpu=gpu, price=price)
+    s = p.shape
+    size = f"{p.params / 1e9:.2f}B" if p.params >= 1e9 else f"{p.params / 1e6:.2f}M"
+    console.print(f"model: {p.model}: {size} parameters (hidden {s.hidden}, {s.layers} layers, "
+                  f"vocabulary {s.vocab:,}) · {r.method}{' on a 4-bit base (QLoRA)' if r.model.quantize_4bit else ''}"
+                  f" · data: {len(p.data.lengths):,} examples, {sum(p.data.lengths):,} tokens an epoch "
+                  f"({p.data.source}) · {p.epochs:g} epochs", highlight=False)
+    from rich.table import Table
+
+    table = Table(title=f"plan on {gpus} GPU{'s' if gpus > 1 else ''} per machine"
+                  + (f" ({sharding})" if gpus > 1 else ""))
+    for col in ("card", "$/h", "tokens/s", "time", "cost", "GiB/GPU", "fits", "speed"):
+        table.add_column(col, no_wrap=True)
+    for c in p.cards:
+        table.add_row(c.card + (" ←" if c.card == gpu else ""),
+                      "-" if c.usd_per_hour is None else f"{c.usd_per_hour:.2f}",
+                      "-" if c.tokens_per_s is None else f"{c.tokens_per_s:,.{0 if c.tokens_per_s >= 10 else 1}f}",
+                      "-" if c.seconds is None else format_duration(c.seconds), _usd(c.cost_usd),
+                      f"{c.memory_gib:.1f}/{c.capacity_gib:.0f}",
+                      ("yes" if c.fits else "no") + (" ckpt" if c.checkpointing else ""),
+                      c.throughput_source.split(":")[0])
+    console.print(table)
+    best = p.cheapest
+    console.print(f"cheapest listed card that fits: {best.label}, {format_duration(best.seconds or 0)}, about "
+                  f"{_usd(best.cost_usd)}" if best else "no listed card fits this run: try --qlora, --gpus N "
+                  "--sharding fsdp, or a smaller --micro-batch-size / --cutoff-len", highlight=False)
+    notes = dict.fromkeys(f"{c.card}: {c.note or c.throughput_source}" for c in p.cards)
+    console.print("speed: " + "; ".join(notes) + f". ckpt: gradient checkpointing needed to fit. {describe_prices()}."
+                  " GPU figures are estimates until benchmarks/train_throughput.py runs on that card.",
+                  style="dim", highlight=False)
+
+
+def _usd(value: float | None) -> str:
+    return "-" if value is None else f"${value:,.2f}" if value >= 0.01 else "<$0.01"
 
 
 @app.command()

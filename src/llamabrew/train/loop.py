@@ -105,6 +105,10 @@ def make_optimizer(model: torch.nn.Module, cfg: OptimConfig, device: torch.devic
         if p.requires_grad:
             (decay if p.dim() >= 2 else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer not in ("auto", "adamw"):  # bitsandbytes' 8-bit / paged AdamW (train.fastpath chose it)
+        from llamabrew.train.fastpath import bnb_optimizer
+
+        return bnb_optimizer(cfg.optimizer, groups, cfg.learning_rate or 0.0)
     return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(0.9, 0.95), fused=device.type == "cuda")
 
 

@@ -82,11 +82,12 @@ class CausalLM:
     exist whole (a 128K vocabulary makes them the largest tensor of a step), and prompt positions get no logits
     at all. Same loss and gradients as the plain path (tests/train/test_objective.py)."""
 
-    def __init__(self, chunk_tokens: int = 0) -> None:
+    def __init__(self, chunk_tokens: int = 0, fused: bool = False) -> None:
         self.chunk_tokens = chunk_tokens
+        self.fused = fused  # liger-kernel's fused linear cross-entropy (CUDA) instead of the chunks
 
     def __call__(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> ObjectiveOutput:
-        parts = decoder_and_head(model) if self.chunk_tokens else None
+        parts = decoder_and_head(model) if self.chunk_tokens or self.fused else None
         if parts is not None:
             return self._chunked(model, batch, *parts)
         logits = model(**model_inputs(model, batch), use_cache=False).logits
@@ -106,6 +107,11 @@ class CausalLM:
         labels = batch["labels"][:, 1:].reshape(-1)
         keep = labels != IGNORE
         hidden, labels = hidden.reshape(-1, hidden.size(-1))[keep], labels[keep]
+        if self.fused:
+            from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+
+            fused = LigerFusedLinearCrossEntropyLoss(ignore_index=IGNORE, reduction="sum")
+            return ObjectiveOutput(fused(head.weight, hidden, labels, getattr(head, "bias", None)), int(labels.numel()))
         loss = hidden.new_zeros((), dtype=torch.float32)
         for i in range(0, labels.numel(), self.chunk_tokens):
             chunk = slice(i, i + self.chunk_tokens)

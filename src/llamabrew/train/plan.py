@@ -105,7 +105,7 @@ def format_duration(seconds: float) -> str:
 def print_plan(model: torch.nn.Module, train: Sequence[Encoded], val: Sequence[Encoded], cfg: OptimConfig,
                batcher: Batcher, device: torch.device, threads: int, what: str, notes: Sequence[str] = (),
                objective: Objective | None = None, dtype: torch.dtype = torch.float32, ranks: int = 1,
-               strategy: str = "single") -> float | None:
+               strategy: str = "single", speed: str = "", speed_notes: Sequence[str] = ()) -> float | None:
     """Log the plan and return the estimated seconds (None under FSDP: the model is split across the devices
     only when training starts, and one device may not hold it whole)."""
     n_params = sum(p.numel() for p in model.parameters())
@@ -134,4 +134,7 @@ def print_plan(model: torch.nn.Module, train: Sequence[Encoded], val: Sequence[E
         f"{timed}{cost}")
     if notes:
         log.info(f"  defaults chosen: {'; '.join(notes)}", extra={"style": "dim"})
+    if speed:
+        log.info(f"  fast path: {speed}" + (f" (auto: {'; '.join(speed_notes)})" if speed_notes else ""),
+                 extra={"style": "dim"})
     return est
