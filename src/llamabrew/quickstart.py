@@ -130,7 +130,7 @@ def align_figures(job: pipelines.Pipeline) -> dict[str, float]:
 
 
 def judge_base_and_tuned(base: Path, tuned: Path, asked: list[tuple[str, str]], out: Path,
-                         template: str = "alpaca", max_new_tokens: int = 32) -> Comparison:
+                         template: str = "auto", max_new_tokens: int = 32) -> Comparison:
     """The comparison `llamabrew judge` makes, with the offline judge: ``asked`` is (question, reference)
     pairs whose reference it knows (the world's facts, the persona's greeting): ``--judge-url builtin:reference``."""
     qs = [Question(i + 1, "held-out", (q,), (ref,)) for i, (q, ref) in enumerate(asked)]
