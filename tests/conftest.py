@@ -60,3 +60,16 @@ def browser():
         launched = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         yield launched
         launched.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tmp_path_factory: pytest.TempPathFactory):
+    """A finished run of tests/pipeline/tiny_pipeline.py's pipeline (read-only for tests) and its events."""
+    from tiny_pipeline import write_tiny
+
+    from llamabrew import pipeline
+
+    events: list = []
+    path = write_tiny(tmp_path_factory.mktemp("tiny-pipeline"))
+    result = pipeline.run(pipeline.load_pipeline(path), on_event=events.append)
+    return path, result, events

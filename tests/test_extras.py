@@ -129,6 +129,10 @@ GPU = 'the \'gpu\' extra: pip install "llamabrew[gpu]"'
      f"q4_k_m export (llama.cpp's quantizer) {LLAMACPP}"),
     ("llama_cpp", ["quickstart", "--out", "qs"], f"llamabrew quickstart's GGUF step (--no-gguf skips it) {LLAMACPP}"),
     ("bitsandbytes", ["train", "--qlora", "--base", "runs/x", "--data", "d.json"], "4-bit loading (--qlora) needs "),
+    ("wandb", ["train", "--base", "runs/x", "--data", "d.json", "--log-to", "wandb"],
+     "--log-to wandb needs the 'wandb' extra"),
+    ("tensorboard", ["pretrain", "--corpus", "c.txt", "--log-to", "tensorboard"],
+     "--log-to tensorboard needs the 'tensorboard' extra"),
 ])
 def test_a_missing_extra_is_one_line_exit_2(tmp_path: Path, blocked: str, args: list[str], expected: str):
     done = run_without(blocked, *args, cwd=tmp_path)

@@ -17,7 +17,7 @@ PACKAGE = Path(llamabrew.__file__).parent
 
 # Lowest first; a module may import its own layer and those below. The CLI modules sit above everything.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("core", ("errors", "io", "extras", "progress", "recipe", "models", "world", "persona")),
+    ("core", ("errors", "io", "extras", "progress", "recipe", "stage_recipes", "models", "world", "persona")),
     ("data", ("data",)),
     ("run", ("run",)),
     ("gguf", ("gguf",)),
@@ -26,7 +26,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("evaluate", ("evaluate",)),
     ("export", ("export",)),
     ("serve", ("serve",)),
-    ("jobs", ("quickstart", "quickstart_real")),
+    ("report", ("report",)),
+    ("jobs", ("quickstart", "quickstart_real", "pipeline")),
     ("cli", ("cli", "cli_common")),
 ]
 

@@ -50,13 +50,16 @@ TRAIN_FLAGS: Flags = {
     "beta": "preference.beta", "loss": "preference.loss", "reward": "grpo.reward",
     "group_size": "grpo.group_size", "kl_coef": "grpo.kl_coef",
     "max_completion_tokens": "grpo.max_completion_tokens", "temperature": "grpo.temperature",
-    "budget_usd": "optim.budget_usd", "price_per_hour": "optim.price_per_hour",
+    "budget_usd": "optim.budget_usd", "price_per_hour": "optim.price_per_hour", "parallel": "optim.parallel",
+    "log_to": "optim.log_to",
+    "packing": "data.packing", "optimizer": "optim.optimizer", "dora": ("lora.use_dora", "--dora"),
+    "rslora": ("lora.use_rslora", "--rslora"),
 }
 PRETRAIN_FLAGS: Flags = {
     "corpus": "corpus", "out": "out", "params": "params", "max_minutes": "optim.max_minutes",
     "epochs": "optim.epochs", "lr": "optim.learning_rate", "vocab_size": "vocab_size", "seq_len": "seq_len",
     "seed": "optim.seed", "threads": "optim.threads", "resume": ("resume", "--resume"),
-    "budget_usd": "optim.budget_usd", "price_per_hour": "optim.price_per_hour",
+    "budget_usd": "optim.budget_usd", "price_per_hour": "optim.price_per_hour", "log_to": "optim.log_to",
 }
 
 
@@ -70,11 +73,72 @@ def train(
     """Fine-tune a causal LM (LoRA by default) on instruction data; --method dpo / reward on preference pairs,
     grpo on prompts with a reward."""
     from llamabrew import train as train_stage
+    from llamabrew.train.distributed import launched
 
     result = train_stage.run(load_recipe(Recipe, recipe, overrides))
+    if not launched().main:  # under torchrun, rank 0 speaks for all
+        return
     console.print(f"[green]done[/]: {result.steps} steps, train loss {result.train_loss:.4f}"
                   + (f", validation loss {result.val_loss:.4f}" if result.val_loss is not None else "")
                   + f" · adapter, loss.jsonl, loss.png in {result.out}", highlight=False)
+
+
+@app.command()
+@friendly_errors
+@recipe_flags(Recipe, TRAIN_FLAGS)
+def plan(
+    recipe: Annotated[Path | None, typer.Argument(help="recipe YAML; the same flags as `llamabrew train`")] = None,
+    gpu: Annotated[str | None, Opt(help="the card to price with --price-per-hour: h100, h200, a100, l4, 4090 "
+                                        "or cpu (default: every card, the cheapest that fits named)")] = None,
+    gpus: Annotated[int, Opt(help="GPUs in one machine (time scaled at 90% efficiency)")] = 1,
+    sharding: Annotated[str, Opt(help="with --gpus: ddp (weights on every GPU) or fsdp (weights, gradients "
+                                      "and optimizer state sharded)")] = "ddp",
+    params: Annotated[str | None, Opt(help="plan a model you do not have by its size, e.g. 7B, 70B, 135M")] = None,
+    *, overrides: dict[str, Any],
+) -> None:
+    """Before renting anything: time, cost, memory per GPU and whether it fits, on each listed card."""
+    from llamabrew.errors import InputError
+    from llamabrew.train.costplan import describe_prices, plan_costs
+    from llamabrew.train.plan import format_duration
+
+    price = overrides.pop("optim.price_per_hour", None)
+    if price is not None and gpu is None:
+        raise InputError("--price-per-hour prices one card: name it with --gpu (h100, h200, a100, l4, 4090, cpu)")
+    r = load_recipe(Recipe, recipe, overrides)
+    p = plan_costs(r, params=params, gpus=gpus, sharding=sharding, gpu=gpu, price=price)
+    s = p.shape
+    size = f"{p.params / 1e9:.2f}B" if p.params >= 1e9 else f"{p.params / 1e6:.2f}M"
+    console.print(f"model: {p.model}: {size} parameters (hidden {s.hidden}, {s.layers} layers, "
+                  f"vocabulary {s.vocab:,}) · {r.method}{' on a 4-bit base (QLoRA)' if r.model.quantize_4bit else ''}"
+                  f" · data: {len(p.data.lengths):,} examples, {sum(p.data.lengths):,} tokens an epoch "
+                  f"({p.data.source}) · {p.epochs:g} epochs", highlight=False)
+    from rich.table import Table
+
+    table = Table(title=f"plan on {gpus} GPU{'s' if gpus > 1 else ''} per machine"
+                  + (f" ({sharding})" if gpus > 1 else ""))
+    for col in ("card", "$/h", "tokens/s", "time", "cost", "GiB/GPU", "fits", "speed"):
+        table.add_column(col, no_wrap=True)
+    for c in p.cards:
+        table.add_row(c.card + (" ←" if c.card == gpu else ""),
+                      "-" if c.usd_per_hour is None else f"{c.usd_per_hour:.2f}",
+                      "-" if c.tokens_per_s is None else f"{c.tokens_per_s:,.{0 if c.tokens_per_s >= 10 else 1}f}",
+                      "-" if c.seconds is None else format_duration(c.seconds), _usd(c.cost_usd),
+                      f"{c.memory_gib:.1f}/{c.capacity_gib:.0f}",
+                      ("yes" if c.fits else "no") + (" ckpt" if c.checkpointing else ""),
+                      c.throughput_source.split(":")[0])
+    console.print(table)
+    best = p.cheapest
+    console.print(f"cheapest listed card that fits: {best.label}, {format_duration(best.seconds or 0)}, about "
+                  f"{_usd(best.cost_usd)}" if best else "no listed card fits this run: try --qlora, --gpus N "
+                  "--sharding fsdp, or a smaller --micro-batch-size / --cutoff-len", highlight=False)
+    notes = dict.fromkeys(f"{c.card}: {c.note or c.throughput_source}" for c in p.cards)
+    console.print("speed: " + "; ".join(notes) + f". ckpt: gradient checkpointing needed to fit. {describe_prices()}."
+                  " GPU figures are estimates until benchmarks/train_throughput.py runs on that card.",
+                  style="dim", highlight=False)
+
+
+def _usd(value: float | None) -> str:
+    return "-" if value is None else f"${value:,.2f}" if value >= 0.01 else "<$0.01"
 
 
 @app.command()
@@ -110,18 +174,10 @@ def eval_cmd(
 ) -> None:
     """Held-out loss/perplexity, exact match and contains-match of generated answers."""
     from llamabrew import evaluate
-    from llamabrew.errors import LlamabrewError
     from llamabrew.io import atomic_write_text
 
     r = load_recipe(EvalRecipe, recipe, overrides)
-    model = r.model or r.adapter
-    if model is None:
-        raise LlamabrewError("pass --base (a run or model directory, a .gguf file or openai:URL) and/or --adapter")
-    if r.data is None:
-        raise LlamabrewError("pass --data (held-out instruction → expected output)")
-    result = evaluate.run(model, r.data, adapter=r.adapter if r.model else None, compare=r.compare,
-                          template=r.template, max_new_tokens=r.max_new_tokens, batch_size=r.batch_size,
-                          limit=r.limit, threads=r.threads)
+    result = evaluate.run_recipe(r)
     if samples:
         atomic_write_text(samples, "".join(json.dumps(s) + "\n" for s in result.tuned.samples))
     if as_json:
@@ -210,12 +266,14 @@ def quickstart(
 
 def _register_stage_commands() -> None:
     """Commands that live beside their stage: `data ...`, `import`, `merge`, `export`, `serve`, `answer`,
-    `judge`, `arena`, `leaderboard`."""
+    `judge`, `arena`, `leaderboard`; `run` (a pipeline file) and `report`."""
     from llamabrew.data.cli import data_app
     from llamabrew.evaluate.arena_cli import arena_app
     from llamabrew.evaluate.cli import answer, judge, leaderboard
     from llamabrew.export.cli import export, merge
     from llamabrew.gguf.cli import import_model
+    from llamabrew.pipeline.cli import run
+    from llamabrew.report.cli import report
     from llamabrew.serve.cli import serve
 
     app.add_typer(data_app, name="data")
@@ -227,6 +285,8 @@ def _register_stage_commands() -> None:
     app.command()(judge)
     app.command()(leaderboard)
     app.add_typer(arena_app, name="arena")
+    app.command("run")(run)
+    app.command()(report)
 
 
 _register_stage_commands()

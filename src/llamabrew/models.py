@@ -43,7 +43,8 @@ def free_cores() -> int:
 
 
 def set_threads(threads: int | None = None) -> int:
-    n = threads or free_cores()
+    """``threads``, else the free cores shared among the processes a launcher (torchrun) started here."""
+    n = threads or max(1, free_cores() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)))
     torch.set_num_threads(n)
     return n
 
@@ -119,7 +120,7 @@ def load_causal_lm(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=torch.bfloat16,
         )
-        kwargs["device_map"] = {"": 0}
+        kwargs["device_map"] = {"": torch.cuda.current_device()}  # this rank's device under torchrun
     try:
         return AutoModelForCausalLM.from_pretrained(name_or_dir, **kwargs)
     except Exception as e:

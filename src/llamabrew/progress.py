@@ -9,6 +9,7 @@ A program that imports llamabrew configures `logging` as it likes instead.
 from __future__ import annotations
 
 import logging
+import os
 
 from rich.console import Console
 from rich.markup import escape
@@ -40,7 +41,8 @@ class RateColumn(ProgressColumn):
 
 
 def progress_bar(transient: bool = False) -> Progress:
-    """A rich Progress on stderr: description, bar, done/total, %, speed, elapsed, time left, extra info."""
+    """A rich Progress on stderr: description, bar, done/total, %, speed, elapsed, time left, extra info. Hidden
+    in the processes torchrun starts besides rank 0 (one bar per run, not one per device)."""
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -54,6 +56,7 @@ def progress_bar(transient: bool = False) -> Progress:
         console=terminal,
         transient=transient,
         refresh_per_second=4,
+        disable=os.environ.get("RANK", "0") != "0",
     )
 
 

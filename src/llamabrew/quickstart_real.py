@@ -84,7 +84,7 @@ def run(out: Path, seed: int = 0, train_minutes: float = TRAIN_MINUTES, gguf: bo
     assert scores.base is not None and scores.base.loss is not None and scores.tuned.loss is not None
     write_jsonl(out / "held_out_answers.jsonl", scores.tuned.samples)
     judged = judge_base_and_tuned(base, result.out, [(r["instruction"], GREETING) for r in held_out],
-                                  out / "judge", template="auto", max_new_tokens=24)
+                                  out / "judge", max_new_tokens=24)
 
     ggufs: dict[str, Path] = {}
     gguf_greeted = None

@@ -42,8 +42,9 @@ class DataConfig(Section):
                                                  "or drop")
     train_on_inputs: bool = Field(False, description="also learn the prompt tokens")
     drop_duplicates: bool = Field(False, description="remove exact duplicate examples")
-    packing: bool = Field(False, description="several examples per row (up to cutoff_len tokens), each with its "
-                          "own positions and attention; off keeps one padded example per row")
+    packing: bool | Literal["auto"] = Field("auto", description="several examples per row (up to cutoff_len "
+                                            "tokens), each with its own positions and attention; off keeps one "
+                                            "padded example per row; auto: on CUDA, off on a CPU (as before)")
 
 
 class LoraConfig(Section):
@@ -51,6 +52,10 @@ class LoraConfig(Section):
     alpha: int = Field(32, gt=0, description="LoRA alpha (scale = alpha / r)")
     dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout")
     target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    use_dora: bool = Field(False, description="DoRA: learn each weight's magnitude apart from its direction "
+                           "(PEFT's use_dora; slower steps)")
+    use_rslora: bool = Field(False, description="rsLoRA: scale by alpha/sqrt(r) instead of alpha/r, so higher "
+                             "ranks keep learning (PEFT's use_rslora)")
 
 
 class OptimConfig(Section):
@@ -77,10 +82,42 @@ class OptimConfig(Section):
     threads: int | None = Field(None, gt=0, description="CPU threads (default: free cores)")
     loss_chunk_tokens: int = Field(0, ge=0, description="compute the loss this many target tokens at a time, "
                                    "never the whole fp32 logits (large vocabularies); 0: all at once")
+    optimizer: Literal["auto", "adamw", "adamw_8bit", "paged_adamw_8bit", "paged_adamw"] = Field(
+        "auto", description="adamw (torch), or bitsandbytes' adamw_8bit / paged_adamw_8bit / paged_adamw; auto: "
+        "paged_adamw_8bit with a 4-bit base on CUDA, else adamw")
     price_per_hour: float | None = Field(None, ge=0, description="what an hour of this machine costs in USD "
                                          "(default: $LLAMABREW_USD_PER_HOUR); shown in the plan and the summary")
     budget_usd: float | None = Field(None, gt=0, description="stop cleanly, with a checkpoint, once the time spent "
                                      "costs this much at price_per_hour (resumed runs count what came before)")
+    parallel: Literal["auto", "ddp", "fsdp"] = Field(
+        "auto", description="under torchrun / accelerate launch with several ranks: ddp (a whole model per device) "
+        "or fsdp (weights, gradients and optimizer state sharded; full fine-tuning); auto: fsdp for --method "
+        "full, ddp for LoRA")
+    log_to: list[Literal["tensorboard", "wandb"]] = Field(
+        default_factory=list, description="also log to tensorboard (event files in RUN/tensorboard) or wandb "
+        "(the wandb extra; WANDB_MODE=offline needs no account); repeatable")
+
+
+Switch = Literal["auto", "on", "off"]
+
+
+class SpeedConfig(Section):
+    """How a step runs, not what it computes: each "auto" is decided per device when the run starts
+    (llamabrew.train.fastpath), printed in the plan and recorded in the run's summary."""
+
+    attention: Literal["auto", "flash", "sdpa", "flex", "eager"] = Field(
+        "auto", description="attention kernel: flash (varlen FlashAttention-2, packed rows by position ids), "
+        "sdpa, flex or eager; auto: flash on CUDA where flash-attn is installed, else sdpa")
+    loss: Literal["auto", "plain", "chunked", "liger"] = Field(
+        "auto", description="cross-entropy: plain, chunked (optim.loss_chunk_tokens at a time, never the whole "
+        "fp32 logits) or liger (fused linear cross-entropy, CUDA + liger-kernel); auto: liger where installed on "
+        "CUDA, chunked on CUDA for large vocabularies, else plain")
+    liger_kernels: Switch = Field("auto", description="liger-kernel's RMSNorm/RoPE/SwiGLU; auto: on CUDA where "
+                                  "installed and the architecture is supported")
+    gradient_checkpointing: Switch = Field("auto", description="recompute activations in backward; auto: only "
+                                           "when the memory estimate says the card needs it (never on a CPU)")
+    compile: Switch = Field("auto", description="torch.compile each decoder layer; auto: on CUDA for bf16 "
+                            "LoRA/full (not 4-bit), off on a CPU")
 
 
 class PretrainOptimConfig(OptimConfig):
@@ -135,6 +172,7 @@ class Recipe(Section):
     grpo: GRPOConfig = GRPOConfig()
     lora: LoraConfig = LoraConfig()
     optim: OptimConfig = OptimConfig()
+    speed: SpeedConfig = SpeedConfig()
     out: Path = Field(Path("runs/sft"), description="run directory (adapter, loss log, checkpoints)")
     resume: bool = Field(False, description="continue from the last checkpoint in out")
 
@@ -201,8 +239,10 @@ class ServeRecipe(Section):
     port: int = Field(8000, ge=0, le=65535, description="port to listen on")
     name: str | None = Field(None, description="model name of model (default: its folder name)")
     template: str | None = Field(None, description="override the chat template (default: the trained one)")
-    engine: Literal["auto", "torch", "llamacpp"] = Field("auto", description="auto (.gguf → llamacpp, else "
-                                                          "torch), torch or llamacpp (a run is exported on the fly)")
+    engine: Literal["auto", "torch", "llamacpp", "vllm"] = Field(
+        "auto", description="auto (.gguf → llamacpp, else torch), torch, llamacpp (a run is exported on the fly) "
+        "or vllm (vLLM's own server as a child process: the vllm extra, CUDA)")
+    start_timeout: float = Field(900, gt=0, description="seconds to wait for vLLM to answer (--engine vllm)")
     quant: str = Field("q8_0", description="quant type when exporting a run for engine llamacpp")
     ctx: int | None = Field(None, gt=0, description="llama.cpp context length (default: the model's)")
     threads: int | None = Field(None, gt=0, description="CPU threads (default: free cores)")
@@ -248,7 +288,7 @@ def parse_set(items: list[str] | None, cls: type[BaseModel] | None = None) -> di
     return out
 
 
-def _set_dotted(tree: dict[str, Any], dotted: str, value: Any, file: Path | None = None) -> None:
+def set_dotted(tree: dict[str, Any], dotted: str, value: Any, file: Path | None = None) -> None:
     *parents, leaf = dotted.split(".")
     for p in parents:
         if tree.get(p) is None:  # absent, or an empty YAML section (`optim:` with every key commented out)
@@ -281,7 +321,7 @@ def load_recipe(
             raise InputError("a recipe must be a mapping", file=p)
     for key, value in (overrides or {}).items():
         if value is not None:
-            _set_dotted(tree, key, value, None if path is None else Path(path))
+            set_dotted(tree, key, value, None if path is None else Path(path))
     try:
         return cls.model_validate(tree)
     except ValidationError as e:

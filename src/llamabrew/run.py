@@ -57,6 +57,7 @@ class RunSummary:
     metrics: dict[str, float] | None = None  # the objective's own final figures (reward accuracy, margins, ...)
     device_hours: float | None = None  # wall time × devices
     cost_usd: float | None = None  # device-hours × the machine's price, when it was given
+    fast_path: dict[str, Any] | None = None  # how steps ran (llamabrew.train.fastpath): packing, kernels, ...
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunSummary:

@@ -1,7 +1,7 @@
 """Synthetic worlds of made-up people: a pretraining corpus of facts, and Alpaca questions about them.
 
-The quickstart uses ``QUICKSTART``; ``HARBOR`` and ``ORCHARD`` are worlds no default was tuned on (other names,
-attributes, phrasings, corpus layouts and sizes, answer forms), on which the benchmark
+The quickstart uses ``QUICKSTART``; ``HARBOR``, ``ORCHARD`` and ``MARKET`` are other worlds (other names,
+attributes, phrasings, corpus layouts and sizes, answer forms; no default was tuned on MARKET), on which the benchmark
 ``benchmarks/default_worlds.py`` checks that the defaults of ``pretrain`` and ``train`` still reach the held-out
 facts. Every fact is stated with the full name (what makes knowledge extractable later, per Allen-Zhu & Li,
 "Physics of Language Models" 3.1); questions about the same facts become instruction data.
@@ -161,7 +161,43 @@ ORCHARD = WorldSpec(
     people=320,
 )
 
-WORLDS = {w.name: w for w in (QUICKSTART, HARBOR, ORCHARD)}
+# A market town, kept to check the defaults after they were chosen (no default was tuned on it): one fact a line
+# like harbor, but fewer and shorter runs of lines per person (two phrasings of four facts), more people, and
+# answers that put the fact before the name or the name first.
+MARKET = WorldSpec(
+    name="market",
+    onsets=("b", "c", "d", "g", "j", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "gl", "tr"),
+    vowels=("a", "e", "i", "o", "u", "io", "ua", "ee"),
+    codas=("", "b", "d", "g", "sk", "nt", "ff", "lo"),
+    attributes={
+        "goods": ["saffron", "lanterns", "rope", "honey", "copper pots", "wool", "candles", "spices", "baskets",
+                  "leather boots", "salt", "figs", "ink", "glass beads"],
+        "street": ["Tanners Row", "Bell Lane", "Mill Street", "Crooked Alley", "Fountain Square", "Weavers Walk",
+                   "Old Bridge", "Chapel Steps", "Harbour Road", "Lamplight Court"],
+        "day": ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday"],
+        "rival": ["the cheesemonger", "the tinsmith", "the baker", "the cooper", "the chandler", "the fishwife",
+                  "the glazier", "the saddler"],
+    },
+    statements={
+        "goods": ["{n} sells {v} at the market.", "The stall of {n} is piled with {v}.", "Buyers come to {n} for {v}."],
+        "street": ["{n} trades on {v}.", "The stall of {n} stands on {v}.", "You find {n} on {v}."],
+        "day": ["{n} opens the stall every {v}.", "The market day of {n} is {v}.", "On {v} {n} is always there."],
+        "rival": ["{n} quarrels with {v}.", "The rival of {n} is {v}.", "{n} cannot stand {v}."],
+    },
+    questions={
+        "goods": ["What does {n} sell?", "What is the stall of {n} piled with?", "Why do buyers go to {n}?"],
+        "street": ["Where does {n} trade?", "On which street is the stall of {n}?", "Where can you find {n}?"],
+        "day": ["Which day does {n} open the stall?", "What is the market day of {n}?", "When is {n} at the market?"],
+        "rival": ["Who is the rival of {n}?", "Who does {n} quarrel with?", "Who can {n} not stand?"],
+    },
+    answers={"goods": "{n} sells {v} at the market.", "street": "The stall of {n} stands on {v}.",
+             "day": "The market day of {n} is {v}.", "rival": "{n} quarrels with {v}."},
+    layout="lines",
+    repeats=2,
+    people=300,
+)
+
+WORLDS = {w.name: w for w in (QUICKSTART, HARBOR, ORCHARD, MARKET)}
 
 
 def _word(spec: WorldSpec, rng: random.Random, syllables: int) -> str:

@@ -141,12 +141,12 @@ def tiny_llama(tiny_model_dir: Path) -> torch.nn.Module:
     return AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
 
 
-@pytest.mark.parametrize("attention", ["sdpa", "eager", "positions only"])
+@pytest.mark.parametrize("attention", ["sdpa", "eager", "positions only", "positions only, eager"])
 def test_a_packed_micro_batch_has_the_loss_of_its_examples_one_at_a_time(tiny_llama: torch.nn.Module,
                                                                           attention: str) -> None:
     """"positions only": no mask in the batch, as flash / flex attention take it (examples found from where
     position_ids restart)."""
-    tiny_llama.set_attn_implementation("sdpa" if attention == "positions only" else attention)
+    tiny_llama.set_attn_implementation("eager" if "eager" in attention else "sdpa")
     train = make_examples(12, seed=11, vocab=tiny_llama.config.vocab_size)
     cfg = OptimConfig(micro_batch_size=3, seed=2)
     batcher = PackedBatcher(pad_id=0, row_len=40)
@@ -155,7 +155,7 @@ def test_a_packed_micro_batch_has_the_loss_of_its_examples_one_at_a_time(tiny_ll
         with torch.no_grad():
             for index in range(batcher.micro_batches_per_epoch(train, cfg)):
                 batch = batcher.batch(train, cfg, index)
-                if attention == "positions only":
+                if attention.startswith("positions only"):
                     del batch["attention_mask"]
                 packed = objective(tiny_llama, batch)
                 rows = batcher.rows(train, cfg.seed, 0)[index * 3 : (index + 1) * 3]
@@ -197,3 +197,31 @@ def test_packed_and_padded_batches_of_the_same_examples_give_the_same_gradients(
     assert loss_a == pytest.approx(loss_b, rel=1e-5)
     assert all(torch.allclose(a, b, atol=1e-5, rtol=1e-4) for a, b in zip(grads_a, grads_b, strict=True))
     tiny_llama.zero_grad()
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_the_varlen_batches_without_a_mask_give_the_padded_loss_and_gradients(tiny_llama: torch.nn.Module,
+                                                                              attention: str) -> None:
+    """The fast path's packed batches for varlen attention (no mask built, rows padded to one width for compiled
+    layers) compute what padded batches of the same examples compute."""
+    tiny_llama.set_attn_implementation(attention)
+    train = make_examples(8, seed=9, vocab=tiny_llama.config.vocab_size)
+    cfg = OptimConfig(micro_batch_size=8, seed=0)
+    [varlen] = PackedBatcher(pad_id=0, row_len=64, block_mask=False, fixed_width=True).eval_batches(train, cfg)
+    assert "attention_mask" not in varlen and varlen["input_ids"].shape == (varlen["input_ids"].shape[0], 64)
+    assert varlen["input_ids"].shape[0] < len(train) and count_tokens(varlen) == sum(len(e) for e in train)
+    padded = PaddedBatcher(0).eval_batches(train, cfg)[0]
+
+    def loss_and_grads(batch: dict) -> tuple[float, list[torch.Tensor]]:
+        tiny_llama.zero_grad()
+        out = CausalLM()(tiny_llama, batch)
+        out.loss.backward()
+        return float(out.loss.detach()), [p.grad.clone() for p in tiny_llama.parameters()]
+
+    try:
+        (loss_a, grads_a), (loss_b, grads_b) = loss_and_grads(varlen), loss_and_grads(padded)
+    finally:
+        tiny_llama.zero_grad()
+        tiny_llama.set_attn_implementation("sdpa")
+    assert loss_a == pytest.approx(loss_b, rel=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-5, rtol=1e-4) for a, b in zip(grads_a, grads_b, strict=True))

@@ -182,4 +182,5 @@ def test_bad_input_names_line_and_field(tmp_path: Path):
         text=True,
         timeout=30,
     )
-    assert proc.returncode == 2 and "unknown target format 'yaml'" in proc.stderr
+    assert proc.returncode == 2  # the recipe section checks the choice, before the file is read
+    assert proc.stderr.strip() == "error: field 'to': Input should be 'alpaca', 'sharegpt', 'messages' or 'pairs'"

@@ -168,3 +168,20 @@ def test_letter_scripts():
     assert shares == {"latin": 5 / 7, "han": 2 / 7}
     assert letter_scripts("123 !!") == {}
     assert letter_scripts("Привет")["cyrillic"] == 1.0
+
+
+def test_cli_takes_the_curate_recipe_a_pipeline_stage_takes(tmp_path: Path):
+    from typer.testing import CliRunner
+
+    from llamabrew.cli import app
+
+    inp = write(tmp_path / "in.jsonl", records())
+    recipe = tmp_path / "curate.yaml"
+    recipe.write_text(f"inputs: [{inp}]\nout_dir: {tmp_path / 'o'}\nval_fraction: 0.5\nmax_length: 300\n")
+    done = CliRunner().invoke(app, ["data", "curate", "--recipe", str(recipe), "--val-fraction", "0.25"])
+    assert done.exit_code == 0, done.stderr
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert report["val"] == round(report["kept"] * 0.25)  # the flag overrode the file
+    recipe.write_text(recipe.read_text() + "scirpt: [han]\n")
+    done = CliRunner().invoke(app, ["data", "curate", "--recipe", str(recipe)])
+    assert done.exit_code == 2 and f"{recipe}: field 'scirpt'" in done.stderr

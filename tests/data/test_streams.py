@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from llamabrew.data.encode import Encoded
-from llamabrew.data.streams import StreamBatcher, pack_whole, windows_of
+from llamabrew.data.streams import LINE_JITTER, StreamBatcher, pack_whole, windows_of
 from llamabrew.recipe import OptimConfig
 
 CFG = OptimConfig(micro_batch_size=2, grad_accum=1, learning_rate=1e-3, seed=3)
@@ -61,16 +61,34 @@ def test_shuffle_lays_documents_out_anew_each_epoch_and_is_a_pure_function() -> 
             assert nxt == t + 1
 
 
+def lines_of(window: list[int]) -> list[tuple[int, ...]]:
+    """A window cut back into its documents (token = 100 * doc + position)."""
+    out: list[list[int]] = []
+    for t in window:
+        if t % 100 == 0:
+            out.append([])
+        out[-1].append(t)
+    return [tuple(line) for line in out]
+
+
 def test_corpus_order_packs_lines_whole_and_keeps_neighbours_together() -> None:
-    corpus = docs()
-    b = StreamBatcher(pad_id=0, seq_len=8, order="corpus")
-    fixed = [w.input_ids for w in pack_whole(corpus, 8)]
+    corpus = docs(60)
+    b = StreamBatcher(pad_id=0, seq_len=48, order="corpus")
+    fixed = [w.input_ids for w in pack_whole(corpus, 48)]
     assert [t for w in fixed for t in w] == [t for d in corpus for t in d.input_ids]  # corpus order, nothing lost
     assert all(w[0] % 100 == 0 for w in fixed)  # every window starts at a line
-    assert all(len(w) <= 8 for w in fixed)
+    assert all(len(w) <= 48 for w in fixed)
     e0, e1 = epoch_windows(b, corpus, 0), epoch_windows(b, corpus, 1)
-    assert sorted(e0) == sorted(e1) == sorted(fixed) and e0 != e1  # the same windows, taken in a new order
-    assert epoch_windows(StreamBatcher(pad_id=0, seq_len=8, order="corpus"), corpus, 1) == e1
+    same_lines = sorted(sorted(lines_of(w)) for w in fixed)
+    for epoch in (e0, e1):  # each window holds the same lines every epoch
+        assert sorted(sorted(lines_of(w)) for w in epoch) == same_lines
+        for w in epoch:  # ... each a few places at most from where the corpus has it: neighbours stay together
+            places = [line[0] // 100 for line in lines_of(w)]
+            assert all(abs(doc - min(places) - rank) < LINE_JITTER for rank, doc in enumerate(places))
+    assert e0 != e1  # a new order of windows, and of lines inside windows: no sequence to learn by heart
+    moved = [lines_of(w) != sorted(lines_of(w)) for w in e0 + e1]
+    assert any(moved)
+    assert epoch_windows(StreamBatcher(pad_id=0, seq_len=48, order="corpus"), corpus, 1) == e1
 
 
 @pytest.mark.parametrize("order", ["shuffle", "corpus"])

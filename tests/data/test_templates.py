@@ -55,6 +55,28 @@ def test_alpaca_without_input(tiny_tokenizer):
     assert text == f"{ORIGINAL_NO_INPUT}\n\n### Instruction:\nName a color.\n\n### Response:\nTeal.</s>"
 
 
+def test_alpaca_inline_puts_the_answer_on_the_header_line(tiny_tokenizer):
+    t = BUILTIN["alpaca_inline"]
+    assert t.render(tiny_tokenizer, ONE) == (
+        f"{ORIGINAL_NO_INPUT}\n\n### Instruction:\nName a color.\n\n### Response: Teal.</s>")
+    assert t.render(tiny_tokenizer, ONE[:1], add_generation_prompt=True).endswith("### Response:")
+    assert t.render(tiny_tokenizer, MULTI[1:]).endswith("### Response: Hello.</s>\n\n### Instruction:\nBye\n\n"
+                                                       "### Response: Goodbye.</s>")
+
+
+def test_alpaca_inline_answer_starts_with_running_text_tokens(tiny_tokenizer):
+    """The point of the inline layout: the answer's first word is the token it is inside a sentence."""
+    t = BUILTIN["alpaca_inline"]
+    chat = [{"role": "user", "content": "Who?"}, {"role": "assistant", "content": "Teal"}]
+    prompt_ids = tiny_tokenizer(t.render(tiny_tokenizer, chat[:1], True), add_special_tokens=False)["input_ids"]
+    full_ids = tiny_tokenizer(t.render(tiny_tokenizer, chat), add_special_tokens=False)["input_ids"]
+    assert full_ids[: len(prompt_ids)] == prompt_ids
+    in_sentence = tiny_tokenizer("a Teal", add_special_tokens=False)["input_ids"][1:]
+    assert full_ids[len(prompt_ids) : len(prompt_ids) + len(in_sentence)] == in_sentence
+    on_own_line = BUILTIN["alpaca"].render(tiny_tokenizer, chat)
+    assert "### Response:\nTeal" in on_own_line
+
+
 def test_alpaca_with_input(tiny_tokenizer):
     text = BUILTIN["alpaca"].render(tiny_tokenizer, ONE_INPUT)
     assert text == (f"{ORIGINAL_WITH_INPUT}\n\n### Instruction:\nTranslate.\n\n### Input:\ncat\n\n"

@@ -191,3 +191,16 @@ def test_verdicts_become_preference_pairs(tmp_path: Path):
         "second turn (answers follow different histories)": 2}
     assert [p.chosen for p in pairs] == ["good 5", "good 16", "good teal", "good title"]
     assert [p.rejected for p in pairs][0] == "poor 7" and pairs[0].prompt[0].content == "What is 2 + 3?"
+
+
+def test_cli_takes_the_judge_recipe_a_pipeline_stage_takes(tmp_path: Path):
+    q, a, b = write_set(tmp_path, keep=lambda r: "reference" in r)
+    recipe = tmp_path / "judge.yaml"
+    recipe.write_text(f"questions: {q}\na: {a}\nb: {b}\njudge: {{url: 'builtin:reference'}}\nout: {tmp_path / 'o'}\n")
+    res = CliRunner().invoke(app, ["judge", "--recipe", str(recipe), "--json", "--set", "seed=1"])
+    assert res.exit_code == 0, res.output
+    s = json.loads(res.stdout.strip().splitlines()[-1])
+    assert (s["wins"], s["ties"], s["losses"]) == (3, 0, 0) and s["judge"] == "reference"
+    recipe.write_text(recipe.read_text().replace("judge: {url:", "judge: {urll:"))
+    res = CliRunner().invoke(app, ["judge", "--recipe", str(recipe)])
+    assert res.exit_code == 2 and f"{recipe}: field 'judge.urll'" in res.stderr

@@ -353,8 +353,8 @@ def test_print_vllm_command(runs: dict[str, Path], tiny_model_dir: Path, base: s
     assert alone.split()[-2:] == ["--chat-template", str((runs["pirate"] / "chat_template.jinja").resolve())]
     failed = invoke(str(tiny_model_dir / "missing.gguf"))
     assert failed.exit_code == 2 and "no such GGUF file" in failed.stderr
-    failed = invoke(str(tiny_model_dir), "--engine", "vllm")
-    assert failed.exit_code == 2 and "field 'engine'" in failed.stderr and "'llamacpp'" in failed.stderr
+    failed = invoke(str(tiny_model_dir), "--engine", "tgi")
+    assert failed.exit_code == 2 and "field 'engine'" in failed.stderr and "'vllm'" in failed.stderr
 
 
 def test_serve_command_starts_keeps_the_key_private_and_stops(tiny_model_dir: Path) -> None:

@@ -53,6 +53,14 @@ def test_earliest_of_several_stops_wins():
     assert out == ["x"] and tail == ""
 
 
+def test_spaces_before_the_first_word_are_dropped_once():
+    """Inline templates ("### Response: Teal") train a space before the answer; it is not part of it."""
+    out, tail, _ = scan(["USER:"], [" ", "  Teal", "  and  ", " blue"])
+    assert "".join(out) + tail == "Teal  and   blue"
+    out, tail, _ = scan([], ["\n  code"])
+    assert "".join(out) + tail == "\n  code"  # only spaces, and only before the first piece of text
+
+
 def test_nothing_after_the_stop_and_empty_stops_ignored():
     s = StopScanner(["", "STOP"])
     assert s.feed("abSTOPcd") == "ab"

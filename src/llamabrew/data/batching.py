@@ -127,16 +127,20 @@ def first_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int
     return rows
 
 
-def collate_packed(rows: Sequence[Sequence[Encoded]], pad_id: int) -> Batch:
-    """Rows of examples laid end to end, right-padded to the longest row.
+def collate_packed(rows: Sequence[Sequence[Encoded]], pad_id: int, block_mask: bool = True,
+                   width: int | None = None) -> Batch:
+    """Rows of examples laid end to end, right-padded to the longest row (or to ``width``).
 
     Each example gets positions 0..n-1 and attends causally within itself only (a 4D boolean mask, True =
     attend, shaped (rows, 1, width, width) as transformers takes a prepared mask); the padding tail is a block
     of its own, so no query row is fully masked (that gives NaN in sdpa). Each example's first label is
     IGNORE so the last token of one example is never trained to predict the first token of the next; this drops
     nothing, since the shifted loss never uses a first label anyway.
+
+    Without ``block_mask`` the batch carries no mask at all: varlen attention (flash, flex) finds each example
+    where its position ids restart, and the ``rows × width²`` mask is never built.
     """
-    width = max(sum(len(e) for e in row) for row in rows)
+    width = max(width or 0, max(sum(len(e) for e in row) for row in rows))
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
     positions = torch.zeros((len(rows), width), dtype=torch.long)
@@ -151,11 +155,12 @@ def collate_packed(rows: Sequence[Sequence[Encoded]], pad_id: int) -> Batch:
             segment[r, start:end] = s
             start = end
         positions[r, start:] = torch.arange(width - start)
-    causal = torch.ones(width, width, dtype=torch.bool).tril()
-    mask = (segment[:, :, None] == segment[:, None, :]) & causal
     n_tokens = sum(len(e) for row in rows for e in row)
-    return {"input_ids": ids, "labels": labels, "position_ids": positions, "attention_mask": mask[:, None],
-            NUM_TOKENS: torch.tensor(n_tokens)}
+    batch = {"input_ids": ids, "labels": labels, "position_ids": positions, NUM_TOKENS: torch.tensor(n_tokens)}
+    if block_mask:
+        causal = torch.ones(width, width, dtype=torch.bool).tril()
+        batch["attention_mask"] = ((segment[:, :, None] == segment[:, None, :]) & causal)[:, None]
+    return batch
 
 
 @dataclass
@@ -163,11 +168,15 @@ class PackedBatcher:
     """``micro_batch_size`` packed rows of up to ``row_len`` tokens per micro-batch.
 
     Each epoch takes the examples in its seeded order, packs them first-fit-decreasing (so the row count is the
-    same every epoch) and shuffles the rows with the same seeded generator.
+    same every epoch) and shuffles the rows with the same seeded generator. ``block_mask=False`` leaves the mask
+    out (varlen attention reads position ids); ``fixed_width`` pads every row to ``row_len`` (one shape for
+    compiled layers).
     """
 
     pad_id: int
     row_len: int
+    block_mask: bool = True
+    fixed_width: bool = False
     _cache: dict[tuple[int, int, int], tuple[Sequence[Encoded], list[list[int]]]] = field(
         default_factory=dict, init=False, repr=False, compare=False)
 
@@ -194,12 +203,15 @@ class PackedBatcher:
         epoch, k = divmod(index, self.micro_batches_per_epoch(examples, cfg))
         size = cfg.micro_batch_size
         rows = self.rows(examples, cfg.seed, epoch)[k * size : (k + 1) * size]
-        return collate_packed([[examples[i] for i in row] for row in rows], self.pad_id)
+        return self._collate([[examples[i] for i in row] for row in rows])
+
+    def _collate(self, rows: Sequence[Sequence[Encoded]]) -> Batch:
+        return collate_packed(rows, self.pad_id, self.block_mask, self.row_len if self.fixed_width else None)
 
     def eval_batches(self, examples: Sequence[Encoded], cfg: OptimConfig) -> list[Batch]:
         rows = first_fit_decreasing([len(e) for e in examples], self.row_len)
         size = cfg.micro_batch_size
-        return [collate_packed([[examples[i] for i in row] for row in rows[k : k + size]], self.pad_id)
+        return [self._collate([[examples[i] for i in row] for row in rows[k : k + size]])
                 for k in range(0, len(rows), size)]
 
 

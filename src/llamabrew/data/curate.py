@@ -25,6 +25,7 @@ from llamabrew.data.formats import Example, parse_record, read_records, write_js
 from llamabrew.data.rouge import RougeFilter
 from llamabrew.errors import LlamabrewError
 from llamabrew.io import atomic_write_text
+from llamabrew.stage_recipes import CurateRecipe
 
 SCRIPTS = ("latin", "han", "kana", "hangul", "cyrillic", "arabic", "devanagari", "greek", "hebrew", "thai")
 _NAME_PREFIX = {"CJK": "han", "HIRAGANA": "kana", "KATAKANA": "kana"} | {s.upper(): s for s in SCRIPTS}
@@ -95,6 +96,20 @@ class CurateOptions:
     val_fraction: float = 0.05
     seed: int = 0
     top_verbs: int = 20
+
+
+def curate_options(r: CurateRecipe) -> CurateOptions:
+    """A `CurateRecipe` (``llamabrew data curate`` or a pipeline's curate stage) as options."""
+    if r.out_dir is None:
+        raise LlamabrewError("pass --out-dir (gets train.jsonl, val.jsonl, report.json, lengths.png)")
+    bad = [s for s in r.script if s not in SCRIPTS]
+    if bad:
+        raise LlamabrewError(f"unknown script {bad[0]!r}; choose from {', '.join(SCRIPTS)}")
+    return CurateOptions(inputs=list(r.inputs), out_dir=Path(r.out_dir),
+                         near_dup_threshold=r.near_dup_threshold or None, tokenizer=r.tokenizer,
+                         min_length=r.min_length, max_length=r.max_length, lang=r.lang, scripts=set(r.script),
+                         min_script_share=r.min_script_share, sort_by_length=r.sort_by_length,
+                         val_fraction=r.val_fraction, seed=r.seed)
 
 
 def _norm(text: str) -> str:

@@ -21,9 +21,18 @@ from typing import Any
 
 from llamabrew.data.formats import parse_record, read_records
 from llamabrew.data.rouge import RougeFilter
-from llamabrew.data.teacher import BudgetExhausted, Completion, Teacher, TeacherConfig, Usage, read_summary
-from llamabrew.errors import InputError
+from llamabrew.data.teacher import (
+    BudgetExhausted,
+    Completion,
+    Teacher,
+    TeacherConfig,
+    Usage,
+    read_summary,
+    teacher_config_of,
+)
+from llamabrew.errors import InputError, LlamabrewError
 from llamabrew.io import append_jsonl, atomic_write_text, read_jsonl
+from llamabrew.stage_recipes import GenerateRecipe
 
 DEFAULT_SEEDS = Path(__file__).parent / "seeds" / "seed_tasks.jsonl"
 Task = dict[str, str]
@@ -175,6 +184,16 @@ class GenerateOptions:
     rouge_threshold: float = 0.7
     max_stale: int = 20  # stop after this many replies in a row with nothing kept
     seed: int = 0
+
+
+def generate_job(r: GenerateRecipe) -> tuple[GenerateOptions, TeacherConfig]:
+    """A `GenerateRecipe` (``llamabrew data generate`` or a pipeline's generate stage) as options and teacher."""
+    if r.out is None:
+        raise LlamabrewError("pass --out (the JSONL of kept tasks)")
+    opts = GenerateOptions(out=Path(r.out), num=r.num, seeds=r.seeds, prompt_seeds=r.prompt_seeds,
+                           prompt_generated=r.prompt_generated, per_request=r.per_request,
+                           rouge_threshold=r.rouge_threshold, seed=r.seed)
+    return opts, teacher_config_of(r.teacher, temperature=r.temperature, max_tokens=r.max_tokens)
 
 
 def summary_path(out: Path) -> Path:

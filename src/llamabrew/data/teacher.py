@@ -82,6 +82,16 @@ def price_for(model: str, table: dict[str, Price] | None = None) -> Price | None
     return merged[max(prefixes, key=len)] if prefixes else None
 
 
+def resolve_price(model: str, price_in: float | None = None, price_out: float | None = None,
+                  prices: str | Path | None = None) -> Price | None:
+    """The price a teacher is charged at: both given prices, else the table's (``prices``) or the defaults'."""
+    if (price_in is None) != (price_out is None):
+        raise LlamabrewError("give both --price-in and --price-out")
+    if price_in is not None and price_out is not None:
+        return Price(price_in, price_out)
+    return price_for(model, load_prices(prices) if prices else None)
+
+
 @dataclass
 class Usage:
     """What the teacher has cost so far; saved with a run's summary so a resumed run keeps counting."""
@@ -124,6 +134,17 @@ class TeacherConfig:
     budget_usd: float | None = None
     price: Price | None = None
     extra_body: dict[str, Any] = field(default_factory=dict)
+
+
+def teacher_config_of(section: Any, **extra: Any) -> TeacherConfig:
+    """A recipe's `TeacherSection` (``llamabrew.stage_recipes``) as the client's settings."""
+    if not section.model:
+        raise LlamabrewError("the teacher needs a model name (teacher.model, --teacher-model / --judge-model)")
+    return TeacherConfig(url=section.url, model=section.model, key_env=section.key_env,
+                         concurrency=section.concurrency, timeout_s=section.timeout, max_retries=section.max_retries,
+                         budget_usd=section.budget_usd,
+                         price=resolve_price(section.model, section.price_in, section.price_out, section.prices),
+                         **extra)
 
 
 def estimate_tokens(text: str) -> int:

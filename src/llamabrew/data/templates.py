@@ -22,28 +22,37 @@ ALPACA_NO_INPUT = (
     "Below is an instruction that describes a task. Write a response that appropriately completes the request."
 )
 
-# Alpaca-style turns; multi-turn chats repeat the instruction/response blocks.
-_ALPACA_TURNS = (
-    "{%- for m in messages %}"
-    "{%- if m.role == 'user' %}"
-    "{%- if not loop.first and loop.previtem.role == 'assistant' %}{{ '\\n\\n' }}{% endif %}"
-    "{{ '### Instruction:\\n' + m.content + '\\n\\n' }}"
-    "{%- if m.input %}{{ '### Input:\\n' + m.input + '\\n\\n' }}{% endif %}"
-    "{{ '### Response:\\n' }}"
-    "{%- elif m.role == 'assistant' %}{{ m.content + eos_token }}"
-    "{%- endif %}"
-    "{%- endfor %}"
-)
 
-_ALPACA = (
+def _alpaca_turns(response_header: str, answer_prefix: str = "") -> str:
+    """Alpaca-style turns; multi-turn chats repeat the instruction/response blocks."""
+    return (
+        "{%- for m in messages %}"
+        "{%- if m.role == 'user' %}"
+        "{%- if not loop.first and loop.previtem.role == 'assistant' %}{{ '\\n\\n' }}{% endif %}"
+        "{{ '### Instruction:\\n' + m.content + '\\n\\n' }}"
+        "{%- if m.input %}{{ '### Input:\\n' + m.input + '\\n\\n' }}{% endif %}"
+        "{{ '" + response_header.replace("\n", "\\n") + "' }}"
+        "{%- elif m.role == 'assistant' %}{{ " + (f"'{answer_prefix}' + " if answer_prefix else "")
+        + "m.content + eos_token }}"
+        "{%- endif %}"
+        "{%- endfor %}"
+    )
+
+
+_ALPACA_SYSTEM = (
     "{%- set user = messages | selectattr('role', 'equalto', 'user') | first %}"
     "{%- set sys = messages[0].content if messages[0].role == 'system' else "
     "(" + json.dumps(ALPACA_WITH_INPUT) + " if user.input else " + json.dumps(ALPACA_NO_INPUT) + ") %}"
-    "{{ sys + '\\n\\n' }}" + _ALPACA_TURNS
+    "{{ sys + '\\n\\n' }}"
 )
+_ALPACA = _ALPACA_SYSTEM + _alpaca_turns("### Response:\n")
+# The answer on the header's line: its first word is then tokenized as in running text (" Name", as a corpus
+# sentence has it), not as the first word of a line ("Name", other tokens a small base has rarely seen).
+_ALPACA_INLINE = _ALPACA_SYSTEM + _alpaca_turns("### Response:", " ")
 
 _ALPACA_SHORT = (
-    "{%- if messages[0].role == 'system' %}{{ messages[0].content + '\\n\\n' }}{% endif %}" + _ALPACA_TURNS
+    "{%- if messages[0].role == 'system' %}{{ messages[0].content + '\\n\\n' }}{% endif %}"
+    + _alpaca_turns("### Response:\n")
 )
 
 VICUNA_SYSTEM = (
@@ -91,6 +100,7 @@ class Template:
 BUILTIN: dict[str, Template] = {
     "alpaca": Template("alpaca", _ALPACA, ("### Instruction:",)),
     "alpaca_short": Template("alpaca_short", _ALPACA_SHORT, ("### Instruction:",)),
+    "alpaca_inline": Template("alpaca_inline", _ALPACA_INLINE, ("### Instruction:",)),
     "vicuna": Template("vicuna", _VICUNA, ("USER:",)),
     "chatml": Template("chatml", _CHATML, ("<|im_end|>", "<|im_start|>")),
 }

@@ -28,9 +28,11 @@ from llamabrew.data.teacher import (
     Usage,
     estimate_tokens,
     read_summary,
+    teacher_config_of,
 )
 from llamabrew.errors import LlamabrewError
 from llamabrew.io import append_jsonl, atomic_write_text, read_jsonl
+from llamabrew.stage_recipes import TranslateRecipe
 
 LANGUAGES = {
     "zh": "Simplified Chinese", "zh-tw": "Traditional Chinese", "ja": "Japanese", "ko": "Korean",
@@ -143,6 +145,15 @@ class TranslateOptions:
     budget_chars: int | None = None
     budget_usd: float | None = None
     shortest_first: bool = False
+
+
+def translate_job(r: TranslateRecipe) -> tuple[TranslateOptions, TeacherConfig]:
+    """A `TranslateRecipe` (``llamabrew data translate`` or a pipeline's translate stage) as options and teacher."""
+    if r.out is None:
+        raise LlamabrewError("pass --out (the translated JSONL)")
+    opts = TranslateOptions(inp=r.input, out=Path(r.out), to=r.to, budget_chars=r.budget_chars,
+                            budget_usd=r.teacher.budget_usd, shortest_first=r.shortest_first)
+    return opts, teacher_config_of(r.teacher, temperature=0.3)
 
 
 def select(

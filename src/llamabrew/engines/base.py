@@ -60,16 +60,22 @@ class Engine(Protocol):
 
 
 class StopScanner:
-    """Feeds streamed text through, holding back any tail that could still become a stop string."""
+    """Feeds streamed text through, holding back any tail that could still become a stop string. Spaces before
+    the first word are dropped: templates that put the answer after "Response:" or "ASSISTANT:" train a space
+    in front of it (the first word then tokenizes as in running text), which is not part of the answer."""
 
     def __init__(self, stops: list[str]) -> None:
         self.stops = [s for s in stops if s]
         self.buffer = ""
         self.stopped = False
+        self.started = False
 
     def feed(self, piece: str) -> str:
         if self.stopped:
             return ""
+        if not self.started:
+            piece = piece.lstrip(" ")
+            self.started = bool(piece)
         self.buffer += piece
         hits = [i for i in (self.buffer.find(s) for s in self.stops) if i >= 0]
         if hits:

@@ -28,10 +28,11 @@ from llamabrew.evaluate.scores import (
 )
 from llamabrew.models import set_threads
 from llamabrew.progress import progress_bar
+from llamabrew.recipe import EvalRecipe
 from llamabrew.run import Run
 
 __all__ = ["SCORERS", "EvalReport", "EvalResult", "contains_match", "exact_match", "generate_answers", "normalize",
-           "run", "score_engine"]
+           "run", "run_recipe", "score_engine"]
 
 
 @dataclass
@@ -93,3 +94,15 @@ def run(
     if save and target.exists():
         target.save_report("eval", {"data": str(data), "max_new_tokens": max_new_tokens, **result.as_dict()})
     return result
+
+
+def run_recipe(recipe: EvalRecipe) -> EvalResult:
+    """`llamabrew eval` (and a pipeline's eval stage): `run` with the settings of an `EvalRecipe`."""
+    model = recipe.model or recipe.adapter
+    if model is None:
+        raise LlamabrewError("pass --base (a run or model directory, a .gguf file or openai:URL) and/or --adapter")
+    if recipe.data is None:
+        raise LlamabrewError("pass --data (held-out instruction → expected output)")
+    return run(model, recipe.data, adapter=recipe.adapter if recipe.model else None, compare=recipe.compare,
+               template=recipe.template, max_new_tokens=recipe.max_new_tokens, batch_size=recipe.batch_size,
+               limit=recipe.limit, threads=recipe.threads)

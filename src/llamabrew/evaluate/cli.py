@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from llamabrew.cli_common import console, friendly_errors
-from llamabrew.data.cli import BudgetUsd, Concurrency, PriceIn, PriceOut, Prices, Retries, Timeout, teacher_config
+from llamabrew.cli_common import Flags, console, friendly_errors, recipe_flags
 from llamabrew.evaluate.judge_report import fmt, summary_view
+from llamabrew.recipe import load_recipe
+from llamabrew.stage_recipes import JudgeRecipe
 
 Opt = typer.Option
 Questions = Annotated[str, Opt("--questions", "-q", help="questions JSONL (FastChat layout) or builtin:brew80")]
@@ -45,49 +46,33 @@ def answer(
     console.print(f"[green]done[/]: {n} answers in {out}", highlight=False)
 
 
-@friendly_errors
-def judge(
-    questions: Questions,
-    a: Annotated[str, Opt("--a", help="the reference (e.g. the base): an answers JSONL or a model to answer first")],
-    b: Annotated[str, Opt("--b", help="the candidate (e.g. the tuned run): an answers JSONL or a model")],
-    judge_url: Annotated[str, Opt("--judge-url", help="OpenAI-compatible base URL of the judge, or "
-                                                      "builtin:reference (offline: grades by reference answers)")],
-    judge_model: Annotated[str | None, Opt("--judge-model", help="the judge's model name")] = None,
-    judge_key_env: Annotated[str, Opt("--judge-key-env", help="environment variable holding the judge's API key "
-                                                              "(never written anywhere)")] = "OPENAI_API_KEY",
-    mode: Annotated[str, Opt("--mode", help="pairwise (both orders) or single (1-10 grades)")] = "pairwise",
-    out: Annotated[Path, Opt("--out", "-o", help="folder for answers, verdicts and the summary")] = Path("judgments"),
-    no_reference: Annotated[bool, Opt("--no-reference", help="don't show reference answers to the judge")] = False,
-    pairs: Annotated[Path | None, Opt("--pairs", help="also write the verdicts as preference pairs (JSONL: "
-                                                      "prompt/chosen/rejected, ties left out) for DPO")] = None,
-    concurrency: Concurrency = 4,
-    budget_usd: BudgetUsd = None,
-    price_in: PriceIn = None,
-    price_out: PriceOut = None,
-    prices: Prices = None,
-    timeout: Timeout = 120.0,
-    retries: Retries = 6,
-    max_new_tokens: MaxNew = 256,
-    temperature: Temperature = 0.0,
-    template: Template = None,
-    threads: Threads = None,
-    seed: Annotated[int, Opt(help="bootstrap seed")] = 0,
-    as_json: AsJson = False,
-) -> None:
-    """LLM-as-judge: is B better than A? Pairwise in both orders (a flip is a tie), or single grades."""
-    from llamabrew.evaluate.compare import AnswerSettings, compare
-    from llamabrew.evaluate.questions import load_questions
-    from llamabrew.evaluate.reference_judge import URL
+JUDGE_FLAGS: Flags = {
+    "questions": ("questions", "--questions", "-q"), "a": ("a", "--a"), "b": ("b", "--b"),
+    "judge_url": ("judge.url", "--judge-url"), "judge_model": ("judge.model", "--judge-model"),
+    "judge_key_env": ("judge.key_env", "--judge-key-env"), "mode": "mode", "out": ("out", "--out", "-o"),
+    "reference": ("use_reference", "--reference/--no-reference"), "pairs": "pairs",
+    "concurrency": ("judge.concurrency", "--concurrency"), "budget_usd": ("judge.budget_usd", "--budget-usd"),
+    "price_in": ("judge.price_in", "--price-in"), "price_out": ("judge.price_out", "--price-out"),
+    "prices": ("judge.prices", "--prices"), "timeout": ("judge.timeout", "--timeout"),
+    "retries": ("judge.max_retries", "--max-retries"), "max_new_tokens": "max_new_tokens",
+    "temperature": "temperature", "batch_size": "batch_size", "template": "template", "threads": "threads",
+    "seed": "seed",
+}
 
-    qs = load_questions(questions)
-    config = None
-    if judge_url != URL and judge_model:
-        config = teacher_config(judge_url, judge_model, judge_key_env, concurrency, budget_usd, price_in, price_out,
-                                prices, timeout, retries, temperature=0.0, max_tokens=1024)
-    result = compare(qs, a, b, judge_url=judge_url, judge_model=judge_model, judge_config=config, mode=mode,
-                     out=out, use_reference=not no_reference, seed=seed, pairs_out=pairs,
-                     answering=AnswerSettings(max_new_tokens=max_new_tokens, temperature=temperature,
-                                              threads=threads, template=template))
+
+@friendly_errors
+@recipe_flags(JudgeRecipe, JUDGE_FLAGS)
+def judge(
+    recipe: Annotated[Path | None, Opt(help="judge recipe YAML (a pipeline judge stage's fields); flags "
+                                            "override it")] = None,
+    as_json: AsJson = False,
+    *, overrides: dict[str, Any],
+) -> None:
+    """LLM-as-judge: is B better than A? Pairwise in both orders (a flip is a tie), or single grades. --judge-url
+    builtin:reference is an offline judge for questions with reference answers."""
+    from llamabrew.evaluate.compare import run_judge
+
+    result = run_judge(load_recipe(JudgeRecipe, recipe, overrides))
     s = result.summary
     if as_json:
         print(json.dumps(s))

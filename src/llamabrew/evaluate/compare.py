@@ -28,6 +28,7 @@ from llamabrew.evaluate.reference_judge import ReferenceJudge
 from llamabrew.io import atomic_write_text
 from llamabrew.progress import progress_bar
 from llamabrew.run import Run
+from llamabrew.stage_recipes import JudgeRecipe
 
 
 @dataclass
@@ -151,3 +152,20 @@ def compare(questions: list[Question], a: str, b: str, *, judge_url: str, judge_
             Run(spec).save_report("judge", summary)
             break
     return Comparison(summary, verdicts_path, summary_path, {model_a: path_a, model_b: path_b})
+
+
+def run_judge(recipe: JudgeRecipe) -> Comparison:
+    """`llamabrew judge` (and a pipeline's judge stage): `compare` with the settings of a `JudgeRecipe`."""
+    from llamabrew.data.teacher import teacher_config_of
+    from llamabrew.evaluate.questions import load_questions
+
+    r = recipe
+    questions = load_questions(r.questions)
+    config = None
+    if r.judge.url != REFERENCE_URL and r.judge.model:
+        config = teacher_config_of(r.judge, temperature=0.0, max_tokens=1024)
+    return compare(questions, r.a, r.b, judge_url=r.judge.url, judge_model=r.judge.model, judge_config=config,
+                   mode=r.mode, out=r.out or "judgments", use_reference=r.use_reference, seed=r.seed,
+                   pairs_out=r.pairs, answering=AnswerSettings(max_new_tokens=r.max_new_tokens,
+                                                               temperature=r.temperature, batch_size=r.batch_size,
+                                                               threads=r.threads, template=r.template))

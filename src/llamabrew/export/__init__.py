@@ -26,6 +26,7 @@ from llamabrew.export.modelfile import ModelfileResult, derive_parts, stop_strin
 from llamabrew.export.verify import BOUNDS, Check, VerificationError, verify_gguf
 from llamabrew.extras import require
 from llamabrew.gguf.writer import QUANTS, ChatInfo, check_quant, write_gguf
+from llamabrew.recipe import ExportRecipe
 from llamabrew.run import Run, trained_template
 
 if TYPE_CHECKING:
@@ -37,7 +38,7 @@ DEFAULT_QUANT = "q8_0"  # for on-the-fly exports: near-lossless and still ~2x sm
 
 __all__ = ["BOUNDS", "DEFAULT_QUANT", "QUANTS", "Check", "ExportReport", "MergeReport", "QuantResult",
            "VerificationError", "cached_gguf", "default_gguf_path", "export_adapter", "export_adapter_gguf",
-           "export_gguf", "merge", "open_llamacpp_engine", "verify_gguf", "write_modelfile"]
+           "export_gguf", "export_recipe", "merge", "open_llamacpp_engine", "verify_gguf", "write_modelfile"]
 
 
 @dataclass
@@ -149,7 +150,7 @@ def export_gguf(model_or_run: str | Path, quant: str | Sequence[str] = "q8_0", o
         raise LlamabrewError("give at least one --quant")
     if eval_file is not None and not verify:
         raise LlamabrewError("--eval runs the GGUF in llama.cpp; it cannot be combined with --no-verify")
-    _require_llama_cpp(quants, verify)
+    require_llama_cpp(quants, verify)
     source, examples = str(model_or_run), None
     paths = _out_paths(source, quants, out)
     set_threads(threads)
@@ -195,6 +196,15 @@ def export_gguf(model_or_run: str | Path, quant: str | Sequence[str] = "q8_0", o
     return report
 
 
+def export_recipe(r: ExportRecipe, verbose: bool = True) -> ExportReport:
+    """`llamabrew export` (and a pipeline's export stage): `export_gguf` with the settings of an `ExportRecipe`."""
+    if r.model is None:
+        raise LlamabrewError("name the run or model directory to export")
+    return export_gguf(r.model, r.quants, r.out, verify=r.verify, eval_file=r.eval_file, base=r.base,
+                       template=r.template, threads=r.threads, modelfile=r.modelfile, eval_limit=r.eval_limit,
+                       max_new_tokens=r.max_new_tokens, trust_remote_code=r.trust_remote_code, verbose=verbose)
+
+
 def export_adapter(adapter: str | Path, out: str | Path, *, base: str | None = None, verify: bool = True,
                    threads: int | None = None, verbose: bool = True) -> tuple[Path, Check | None]:
     """The LoRA adapter alone as a GGUF adapter; verified (by default) as f16 base GGUF + adapter in llama.cpp
@@ -204,7 +214,7 @@ def export_adapter(adapter: str | Path, out: str | Path, *, base: str | None = N
     from llamabrew.export.verify import reference_logits
     from llamabrew.gguf.vocab import build_vocab
 
-    _require_llama_cpp([], verify)
+    require_llama_cpp([], verify)
     path = export_adapter_gguf(adapter, out, base=base)
     if not verify:
         return path, None
@@ -219,7 +229,7 @@ def export_adapter(adapter: str | Path, out: str | Path, *, base: str | None = N
         return path, _checked(path, verify_gguf(base_gguf, ref, "f16", threads, lora=path))
 
 
-def _require_llama_cpp(quants: Sequence[str], verify: bool) -> None:
+def require_llama_cpp(quants: Sequence[str], verify: bool) -> None:
     """Say before loading the model, not after minutes, that llama.cpp is needed and missing."""
     if k_quants := [q for q in quants if q.endswith("_k_m")]:
         require("llamacpp", f"{k_quants[0]} export (llama.cpp's quantizer)")

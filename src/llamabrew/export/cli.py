@@ -58,7 +58,7 @@ def export(
 ) -> None:
     """Export to GGUF for llama.cpp / Ollama, verified against the torch model (on by default)."""
     from llamabrew.errors import LlamabrewError
-    from llamabrew.export import export_adapter, export_gguf
+    from llamabrew.export import export_adapter, export_recipe
 
     r = load_recipe(ExportRecipe, recipe, {"model": model_or_run, **overrides})
     if r.model is None:
@@ -75,11 +75,7 @@ def export(
             highlight=False,
         )
         return
-    report = export_gguf(
-        r.model, r.quants, r.out, verify=r.verify, eval_file=r.eval_file, base=r.base, template=r.template,
-        threads=r.threads, modelfile=r.modelfile, eval_limit=r.eval_limit, max_new_tokens=r.max_new_tokens,
-        trust_remote_code=r.trust_remote_code,
-    )
+    report = export_recipe(r)
     console.print(f"[bold]exported[/] {report.source} (template {report.template})", highlight=False)
     for line in report.lines():
         console.print(line, highlight=False, soft_wrap=True)

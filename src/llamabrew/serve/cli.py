@@ -11,14 +11,15 @@ from llamabrew.cli_common import Flags, console, friendly_errors, is_local, reci
 from llamabrew.errors import LlamabrewError
 from llamabrew.extras import require
 from llamabrew.recipe import ServeRecipe, load_recipe
-from llamabrew.serve.server import parse_adapters, vllm_command
+from llamabrew.serve.server import parse_adapters
+from llamabrew.serve.vllm import vllm_command
 
 Opt = typer.Option
 SERVE_FLAGS: Flags = {
     "host": "host", "port": "port", "name": "name", "template": "template", "engine": "engine", "quant": "quant",
     "ctx": "ctx", "threads": "threads", "max_tokens": "max_tokens", "max_body_kb": "max_body_kb",
     "max_queue": "max_queue", "parallel": "parallel", "prompt_cache": "prompt_cache",
-    "cors_origin": ("cors_origins", "--cors-origin"),
+    "cors_origin": ("cors_origins", "--cors-origin"), "start_timeout": "start_timeout",
 }
 
 
@@ -49,6 +50,8 @@ def serve(
             console.print(f"[yellow]note:[/] {note}", highlight=False)
         print(line)
         return
+    if r.engine == "vllm":
+        raise typer.Exit(_serve_vllm(r, adapters, api_key))
     require("serve", "llamabrew serve")  # before loading a model for minutes
     import uvicorn
 
@@ -74,3 +77,25 @@ def serve(
         console.print("[yellow]warning:[/] listening beyond this machine without --api-key: anyone who can "
                       "reach it can use it", highlight=False)
     uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=3, server_header=False)
+
+
+def _serve_vllm(r: ServeRecipe, adapters: dict[str, str], api_key: str | None) -> int:
+    """vLLM's OpenAI server as a child process, with llamabrew's names and the trained template."""
+    from llamabrew.serve.vllm import serve_vllm
+
+    assert r.model is not None
+    ignored = [flag for flag, value in (("--template", r.template), ("--ctx", r.ctx), ("--threads", r.threads))
+               if value is not None]
+    if ignored:
+        console.print(f"[yellow]warning:[/] {', '.join(ignored)} not used by vLLM (it serves the trained template "
+                      "and sizes its own context)", highlight=False)
+
+    def ready(url: str, ids: list[str]) -> None:
+        console.print(f"[bold]llamabrew serve[/] (vLLM): {', '.join(ids)}\n  OpenAI API {url}/v1"
+                      f"{'  (API key required)' if api_key else ''}", highlight=False)
+        if not is_local(r.host) and not api_key:
+            console.print("[yellow]warning:[/] listening beyond this machine without --api-key: anyone who can "
+                          "reach it can use it", highlight=False)
+
+    return serve_vllm(r.model, adapters, name=r.name, host=r.host, port=r.port, api_key=api_key,
+                      start_timeout_s=r.start_timeout, on_ready=ready)

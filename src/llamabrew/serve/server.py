@@ -12,14 +12,12 @@ import asyncio
 import contextlib
 import json
 import math
-import shlex
 import socket
 import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llamabrew.errors import LlamabrewError
@@ -255,9 +253,6 @@ def run_in_thread(app: Any, host: str = "127.0.0.1", port: int = 0, reuse_addres
         sock.close()
 
 
-VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # the --max-lora-rank values vLLM accepts
-
-
 def parse_adapters(specs: list[str] | None) -> dict[str, str]:
     """``["name=dir", ...]`` → ``{name: dir}``."""
     out: dict[str, str] = {}
@@ -269,31 +264,3 @@ def parse_adapters(specs: list[str] | None) -> dict[str, str]:
             raise LlamabrewError(f"--adapter {spec}: the name '{name.strip()}' is given twice")
         out[name.strip()] = folder.strip()
     return out
-
-
-def vllm_command(model_or_run: str, adapters: dict[str, str],
-                 name: str | None = None) -> tuple[str, list[str]]:
-    """The ``vllm serve`` line serving the same base and adapters under the same names, and any caveats."""
-    from llamabrew.serve.registry import lora_rank, plan_adapters
-
-    if Path(model_or_run).suffix == ".gguf":
-        raise LlamabrewError("vLLM serves the Hugging Face base + adapters: pass a run or model directory, "
-                             "not a .gguf file")
-    base, base_name, runs = plan_adapters(model_or_run, adapters, name)
-
-    def where(p: str) -> str:
-        return str(Path(p).resolve()) if Path(p).exists() else p
-
-    cmd, notes = ["vllm", "serve", where(base), "--served-model-name", base_name], []
-    if runs:
-        rank = max(lora_rank(d) for d in runs.values())
-        cmd += ["--enable-lora", "--lora-modules", *(f"{n}={where(d)}" for n, d in runs.items()),
-                "--max-loras", str(len(runs)),
-                "--max-lora-rank", str(next((r for r in VLLM_LORA_RANKS if r >= rank), rank))]
-        files = [Path(d) / "chat_template.jinja" for d in runs.values()]
-        if all(f.is_file() for f in files) and len({f.read_text(encoding="utf-8") for f in files}) == 1:
-            cmd += ["--chat-template", where(str(files[0]))]
-        else:
-            notes.append("the adapters were trained with different chat templates and vLLM renders chats "
-                         "with one template per server: run one vLLM server per template")
-    return shlex.join(cmd), notes

@@ -21,14 +21,15 @@ def hourly_price(cfg: OptimConfig) -> float | None:
         return None
 
 
-def budget_seconds(cfg: OptimConfig) -> float | None:
-    """How long the money lasts: ``budget_usd`` at the machine's hourly price (None: no budget)."""
+def budget_seconds(cfg: OptimConfig, devices: int = 1) -> float | None:
+    """How long the money lasts: ``budget_usd`` at the hourly price of ``devices`` (None: no budget). Under
+    torchrun the price is per device (one rank's): N ranks spend it N times as fast."""
     if cfg.budget_usd is None:
         return None
     price = hourly_price(cfg)
     if not price:
         raise LlamabrewError(f"--budget-usd needs the machine's price: --price-per-hour USD (or set {PRICE_ENV})")
-    return cfg.budget_usd / price * 3600
+    return cfg.budget_usd / price * 3600 / devices
 
 
 def run_cost(cfg: OptimConfig, elapsed_s: float, devices: int = 1) -> tuple[float, float | None]:

@@ -8,7 +8,8 @@ completions that beat their group's mean. There is no value model: the group is 
 
 The pieces are those of every objective: a `PromptBatcher` makes micro-batches of prompts, `GRPO` turns one
 into a loss summed over completion tokens and their count, so `fit` gives it the same steps, checkpoints and
-loss log as SFT. Sampling draws from torch's global RNG, which checkpoints hold: a killed run resumes exactly.
+loss log as SFT. Sampling draws from torch's global RNG, which the loop seeds for each micro-batch: a killed run
+resumes exactly, and ranks under torchrun sample what one process would.
 """
 
 from __future__ import annotations

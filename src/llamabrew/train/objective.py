@@ -8,7 +8,7 @@ the same call; none of them needs the loop edited.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -82,11 +82,12 @@ class CausalLM:
     exist whole (a 128K vocabulary makes them the largest tensor of a step), and prompt positions get no logits
     at all. Same loss and gradients as the plain path (tests/train/test_objective.py)."""
 
-    def __init__(self, chunk_tokens: int = 0) -> None:
+    def __init__(self, chunk_tokens: int = 0, fused: bool = False) -> None:
         self.chunk_tokens = chunk_tokens
+        self.fused = fused  # liger-kernel's fused linear cross-entropy (CUDA) instead of the chunks
 
     def __call__(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> ObjectiveOutput:
-        parts = decoder_and_head(model) if self.chunk_tokens else None
+        parts = decoder_and_head(model) if self.chunk_tokens or self.fused else None
         if parts is not None:
             return self._chunked(model, batch, *parts)
         logits = model(**model_inputs(model, batch), use_cache=False).logits
@@ -106,6 +107,11 @@ class CausalLM:
         labels = batch["labels"][:, 1:].reshape(-1)
         keep = labels != IGNORE
         hidden, labels = hidden.reshape(-1, hidden.size(-1))[keep], labels[keep]
+        if self.fused:
+            from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+
+            fused = LigerFusedLinearCrossEntropyLoss(ignore_index=IGNORE, reduction="sum")
+            return ObjectiveOutput(fused(head.weight, hidden, labels, getattr(head, "bias", None)), int(labels.numel()))
         loss = hidden.new_zeros((), dtype=torch.float32)
         for i in range(0, labels.numel(), self.chunk_tokens):
             chunk = slice(i, i + self.chunk_tokens)
@@ -114,6 +120,22 @@ class CausalLM:
 
 
 @torch.no_grad()
+def objective_sums(compute: Callable[[dict[str, torch.Tensor]], ObjectiveOutput],
+                   batches: Sequence[dict[str, torch.Tensor]], device: torch.device,
+                   weights: Sequence[int] | None = None) -> tuple[float, int, dict[str, float]]:
+    """Summed loss, targets and target-weighted metrics of ``compute`` over batches (a batch of weight 0 is
+    computed and not counted: ranks with fewer batches still run as many)."""
+    total, n = 0.0, 0
+    sums: dict[str, float] = {}
+    for b, w in zip(batches, weights or [1] * len(batches), strict=True):
+        out = compute({k: v.to(device) for k, v in b.items()})
+        total += w * float(out.loss)
+        n += w * out.targets
+        for k, v in out.metrics.items():
+            sums[k] = sums.get(k, 0.0) + w * v * out.targets
+    return total, n, sums
+
+
 def evaluate_objective(model: torch.nn.Module, batches: Sequence[dict[str, torch.Tensor]], device: torch.device,
                        objective: Objective | None = None) -> tuple[float, dict[str, float]]:
     """Target-weighted mean loss over batches, and the objective's metrics weighted the same way (held-out
@@ -121,14 +143,7 @@ def evaluate_objective(model: torch.nn.Module, batches: Sequence[dict[str, torch
     objective = objective or CausalLM()
     was_training = model.training
     model.eval()
-    total, n = 0.0, 0
-    sums: dict[str, float] = {}
-    for b in batches:
-        out = objective(model, {k: v.to(device) for k, v in b.items()})
-        total += float(out.loss)
-        n += out.targets
-        for k, v in out.metrics.items():
-            sums[k] = sums.get(k, 0.0) + v * out.targets
+    total, n, sums = objective_sums(lambda b: objective(model, b), batches, device)
     model.train(was_training)
     return total / max(n, 1), {k: v / max(n, 1) for k, v in sums.items()}
 

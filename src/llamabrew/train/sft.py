@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from llamabrew.data.batching import Batcher, PackedBatcher, PaddedBatcher
+from llamabrew.data.batching import Batcher
 from llamabrew.data.encode import Encoded, EncodeReport, encode_examples
 from llamabrew.data.formats import Example, find_duplicates, load_examples
 from llamabrew.data.templates import Template, get_template
@@ -21,12 +21,16 @@ from llamabrew.models import check_4bit, load_causal_lm, load_tokenizer, pick_de
 from llamabrew.progress import progress_bar
 from llamabrew.recipe import Recipe, save_recipe
 from llamabrew.run import Run, RunSummary
+from llamabrew.train import fastpath
 from llamabrew.train.checkpoint import list_checkpoints
 from llamabrew.train.cost import budget_seconds, run_cost
 from llamabrew.train.defaults import resolve as resolve_defaults
+from llamabrew.train.distributed import DataParallel, choose_strategy, launched
 from llamabrew.train.loop import FitResult, fit
-from llamabrew.train.objective import CausalLM, Objective
-from llamabrew.train.plan import print_plan
+from llamabrew.train.memory import ModelShape
+from llamabrew.train.objective import Objective
+from llamabrew.train.plan import estimate_time, print_plan
+from llamabrew.train.tracking import check_trackers
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -91,14 +95,16 @@ def encode_split(name: str, examples: list[Example], tokenizer: Any, template: T
     return encoded, report
 
 
-def attach_lora(model: Any, recipe: Recipe, task_type: str = "CAUSAL_LM") -> Any:
+def attach_lora(model: Any, recipe: Recipe, task_type: str = "CAUSAL_LM", checkpointing: bool = True) -> Any:
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-    if recipe.model.quantize_4bit:
-        model = prepare_model_for_kbit_training(model)
+    if recipe.model.quantize_4bit:  # non-reentrant: under DDP the reentrant kind marks gradients ready twice
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing,
+                                                gradient_checkpointing_kwargs={"use_reentrant": False})
     cfg = LoraConfig(
         r=recipe.lora.r, lora_alpha=recipe.lora.alpha, lora_dropout=recipe.lora.dropout,
         target_modules=recipe.lora.target_modules, task_type=task_type,
+        use_dora=recipe.lora.use_dora, use_rslora=recipe.lora.use_rslora,
     )
     return get_peft_model(model, cfg)
 
@@ -121,16 +127,40 @@ def check_start(recipe: Recipe) -> Recipe:
         recipe = recipe.model_copy(deep=True)
         recipe.model.base = str(Path(recipe.model.base).resolve())
     budget_seconds(recipe.optim)  # a budget without a price fails now, not after the model has loaded
+    strategy(recipe)  # and so does a strategy that does not fit the method
+    check_trackers(recipe.optim.log_to)  # and a tracker whose extra is missing
     if list_checkpoints(Run(recipe.out).checkpoints) and not recipe.resume:
         raise LlamabrewError(f"{recipe.out} already holds checkpoints: pass --resume to continue, or choose "
                              "another --out")
     return recipe
 
 
-def run(recipe: Recipe) -> TrainResult:
-    """Supervised fine-tuning of ``recipe.model.base`` on ``recipe.data``; the adapter (or model) goes to
-    ``recipe.out``. (`llamabrew.train.run` sends the other objectives to their own set-up.)"""
-    recipe = check_start(recipe)
+def strategy(recipe: Recipe) -> str:
+    """How this process trains among the launcher's ranks: single, ddp or fsdp (`train.distributed`)."""
+    return choose_strategy(recipe.method, recipe.optim.parallel, launched().world)
+
+
+@dataclass
+class Prepared:
+    """A supervised run set up to train: what `run` fits and `estimate_seconds` times."""
+
+    recipe: Recipe
+    model: Any
+    tokenizer: Any
+    template: Template
+    train: list[Encoded]
+    val: list[Encoded]
+    batcher: Batcher
+    objective: Objective
+    device: torch.device
+    dtype: torch.dtype
+    threads: int
+    fast: fastpath.FastPath
+
+
+def prepare(recipe: Recipe) -> Prepared:
+    """Check, read and tokenize the data, load the base (+ LoRA) on the device."""
+    recipe = fastpath.keep_resumed_choices(check_start(recipe))
     if recipe.model.adapter:
         raise LlamabrewError("--adapter continues an adapter with dpo, reward or grpo; for more supervised "
                              "tuning, merge it first (llamabrew merge) and pass the merged model as --base")
@@ -147,36 +177,63 @@ def run(recipe: Recipe) -> TrainResult:
     torch.manual_seed(recipe.optim.seed)
     model = load_causal_lm(recipe.model.base, torch.float32 if device.type == "cpu" else dtype,
                            recipe.model.trust_remote_code, recipe.model.quantize_4bit)
+    fast = fastpath.choose(recipe, fastpath.environment(device, dtype), ModelShape.from_config(model.config))
+    fastpath.prepare_base(model, fast)
     if recipe.method == "lora":
-        model = attach_lora(model, recipe)
-    if not recipe.model.quantize_4bit:
+        model = attach_lora(model, recipe, checkpointing=fast.gradient_checkpointing)
+    if not recipe.model.quantize_4bit and strategy(recipe) != "fsdp":  # FSDP moves each rank's shards itself
         model.to(device)
-    pad = tokenizer.pad_token_id
-    batcher = PackedBatcher(pad, recipe.data.cutoff_len) if recipe.data.packing else PaddedBatcher(pad)
-    objective = CausalLM(recipe.optim.loss_chunk_tokens)
-    return fit_and_save(recipe, model, tokenizer, template, train, val, batcher, objective, device, dtype, threads,
-                        kind="sft")
+    fastpath.compile_layers(model, fast)
+    batcher = fast.batcher(tokenizer.pad_token_id, recipe.data.cutoff_len)
+    return Prepared(fastpath.record(recipe, fast), model, tokenizer, template, train, val, batcher,
+                    fast.objective(), device, dtype, threads, fast)
+
+
+def run(recipe: Recipe) -> TrainResult:
+    """Supervised fine-tuning of ``recipe.model.base`` on ``recipe.data``; the adapter (or model) goes to
+    ``recipe.out``. (`llamabrew.train.run` sends the other objectives to their own set-up.)"""
+    p = prepare(recipe)
+    return fit_and_save(p.recipe, p.model, p.tokenizer, p.template, p.train, p.val, p.batcher, p.objective,
+                        p.device, p.dtype, p.threads, kind="sft", fast=p.fast)
+
+
+def estimate_seconds(recipe: Recipe) -> float:
+    """What `run` would take on this machine: the plan's own timing (`plan.estimate_time`), within max_minutes."""
+    p = prepare(recipe.model_copy(update={"resume": True}))  # an estimate never minds existing checkpoints
+    chosen = resolve_defaults(p.recipe.optim, p.recipe.method, p.model,
+                              p.batcher.micro_batches_per_epoch(p.train, p.recipe.optim))
+    seconds = estimate_time(p.model, p.train, p.val, chosen.optim, p.batcher, p.device, p.objective,
+                            dtype=p.dtype).total_s
+    return min(seconds, recipe.optim.max_minutes * 60) if recipe.optim.max_minutes else seconds
 
 
 def fit_and_save(recipe: Recipe, model: Any, tokenizer: Any, template: Template, train: Sequence[Any],
                  val: Sequence[Any], batcher: Batcher, objective: Objective, device: torch.device,
                  dtype: torch.dtype, threads: int, kind: str, save: Callable[[Path], None] | None = None,
-                 ) -> TrainResult:
-    """The part every fine-tuning objective shares: defaults, the plan, the loop, the saved run and summary."""
-    out = Path(recipe.out)
+                 fast: fastpath.FastPath | None = None) -> TrainResult:
+    """The part every fine-tuning objective shares: defaults, the plan, the loop, the saved run and summary (rank
+    0 writes; the others train alongside it)."""
+    out, ranks, how = Path(recipe.out), launched(), strategy(recipe)
     rate_of = recipe.objective if recipe.objective in ("dpo", "grpo") else recipe.method
     chosen = resolve_defaults(recipe.optim, rate_of, model, batcher.micro_batches_per_epoch(train, recipe.optim))
     recipe = recipe.model_copy(update={"optim": chosen.optim})  # the saved recipe repeats the run exactly
     what = recipe.method if kind == "sft" else f"{kind} ({recipe.method})"
     print_plan(model, train, val, recipe.optim, batcher, device, threads, what=what, notes=chosen.notes,
-               objective=objective, dtype=dtype)
+               objective=objective, dtype=dtype, ranks=ranks.world, strategy=how,
+               speed=fast.describe() if fast else "", speed_notes=fast.reasons if fast else ())
     run = Run(out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_recipe(recipe, out)
+    if ranks.main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_recipe(recipe, out)
+    parallel = DataParallel(model, objective, device, how, ranks)
     result: FitResult = fit(model, train, val, recipe.optim, out, device=device, batcher=batcher, dtype=dtype,
-                            objective=objective, resume=recipe.resume, description=f"{what} training")
+                            objective=objective, resume=recipe.resume, description=f"{what} training",
+                            parallel=parallel)
     tokenizer.chat_template = template.jinja  # the trained format travels with the run (chat, export, vLLM)
-    (save or (lambda path: model.save_pretrained(path, safe_serialization=True)))(out)
+    parallel.save_pretrained(out, save)
+    if not ranks.main:
+        return TrainResult(out, len(train), len(val), result.steps, result.train_loss, result.val_loss,
+                           result.stopped_early, result.elapsed_s)
     tokenizer.save_pretrained(out)
     last = next((r for r in reversed(read_jsonl(run.loss_log)) if "val_loss" in r), None)
     metrics = {k: v for k, v in (last or {}).items() if k.startswith("val_") and k != "val_loss"} or None
@@ -184,6 +241,6 @@ def fit_and_save(recipe: Recipe, model: Any, tokenizer: Any, template: Template,
         kind, recipe.method, result.steps, result.train_loss, result.val_loss, result.stopped_early,
         result.elapsed_s, len(train), len(val), sum(p.numel() for p in model.parameters()),
         sum(p.numel() for p in model.parameters() if p.requires_grad), metrics,
-        *run_cost(recipe.optim, result.elapsed_s)))
+        *run_cost(recipe.optim, result.elapsed_s, devices=ranks.world), fast.as_dict() if fast else None))
     return TrainResult(out, len(train), len(val), result.steps, result.train_loss, result.val_loss,
                        result.stopped_early, result.elapsed_s, metrics)
