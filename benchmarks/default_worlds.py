@@ -28,7 +28,8 @@ from pathlib import Path
 
 from llamabrew.world import WORLDS, biographies, corpus_text, make_world, questions
 
-TRAIN_PHRASINGS = {"quickstart": 3, "harbor": 2, "orchard": 1, "market": 2}  # questions per fact: data sizes differ by world
+# questions per fact: data sizes differ by world
+TRAIN_PHRASINGS = {"quickstart": 3, "harbor": 2, "orchard": 1, "market": 2}
 
 
 def write_world(name: str, folder: Path, seed: int) -> tuple[Path, Path, Path]:
