@@ -19,7 +19,8 @@ import numpy as np
 
 from llamabrew.data.templates import Template
 from llamabrew.engines.base import ContextLengthError, GenerationStats, Sampling
-from llamabrew.engines.llamacpp_batch import BatchRunner, Job, TextRules
+from llamabrew.engines.llamacpp_batch import BatchRunner
+from llamabrew.engines.llamacpp_slots import Job, TextRules
 from llamabrew.errors import LlamabrewError
 from llamabrew.extras import require
 from llamabrew.gguf.reader import DEFAULT_CTX, GGUFInfo, MemoryEstimate, estimate_memory, read_gguf_info
