@@ -225,11 +225,17 @@ def cpu_name() -> str:
     return next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "")
 
 
-def report(args: argparse.Namespace, results: dict[str, dict], n_params: int, seconds: float) -> str:
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+def load_average() -> float:
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+
+
+def report(args: argparse.Namespace, results: dict[str, dict], n_params: int, seconds: float,
+           load_before: float) -> str:
+    load = load_average()
     lines = [f"## `benchmarks/serve_load.py` — serving several clients at once ({time.strftime('%Y-%m-%d')})", "",
-             f"Machine: {cpu_name()}, {os.cpu_count()} cores shared with other jobs (load average "
-             f"{load:.1f} at the end), {args.threads} llama.cpp threads. Model: random LLaMA, {n_params / 1e9:.3f}B "
+             f"Machine: {cpu_name()}, {os.cpu_count()} cores (1-minute load average {load_before:.1f} before the "
+             f"run, {load:.1f} at its end, its own threads included), {args.threads} llama.cpp threads. "
+             f"Model: random LLaMA, {n_params / 1e9:.3f}B "
              f"params (hidden {args.hidden}, {args.layers} layers, vocab 32000). "
              f"`llamabrew serve --parallel {max(args.levels)}`, "
              f"{args.tokens} tokens per answer, greedy, streamed through the `openai` client, at least "
@@ -289,7 +295,7 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=8)
     ap.add_argument("--no-results", action="store_true", help="do not update benchmarks/RESULTS.md")
     args = ap.parse_args()
-    t_start = time.perf_counter()
+    t_start, load_before = time.perf_counter(), load_average()
     model, tok = build_model(args.hidden, args.layers, 32000)
     with torch.no_grad():  # rows past the tokenizer (4096 tokens) never win: every answer token shows as text
         model.lm_head.weight[len(tok):] = 0.0
@@ -306,7 +312,7 @@ def main() -> None:
         for quant, path in paths.items():
             print(f"{quant}:", flush=True)
             results[quant] = measure(path, args)
-    text = report(args, results, n_params, time.perf_counter() - t_start)
+    text = report(args, results, n_params, time.perf_counter() - t_start, load_before)
     print("\n" + text)
     if not args.no_results:
         write_results(text)

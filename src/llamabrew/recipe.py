@@ -56,6 +56,9 @@ class LoraConfig(Section):
                            "(PEFT's use_dora; slower steps)")
     use_rslora: bool = Field(False, description="rsLoRA: scale by alpha/sqrt(r) instead of alpha/r, so higher "
                              "ranks keep learning (PEFT's use_rslora)")
+    train_untrained_tokens: bool = Field(True, description="also train the embeddings of tokens the base never "
+                                         "read in pretraining (recorded by llamabrew pretrain; see "
+                                         "llamabrew.train.untrained)")
 
 
 class OptimConfig(Section):

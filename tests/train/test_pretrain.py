@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -46,6 +47,14 @@ def test_pretrain_writes_a_loadable_model_within_the_time_budget(tmp_path: Path)
     assert model(ids).logits.shape[-1] == len(tok)
     log = [json.loads(line) for line in (out / "loss.jsonl").read_text().splitlines()]
     assert log[-1]["loss"] < log[0]["loss"]
+    # the tokens no training window held are recorded (the template's words are not in this corpus)
+    unseen = set(json.loads((out / "untrained_tokens.json").read_text())["ids"])
+    in_docs = Counter(i for doc in CORPUS for i in set(tok(doc)["input_ids"]))
+    common = {i for i, n in in_docs.items() if n >= 3}  # in training windows: validation holds out 2 documents
+    template = set(tok(tok.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False,
+                                               add_generation_prompt=True))["input_ids"])
+    assert common and unseen <= set(range(len(tok))) and not unseen & common
+    assert template & unseen  # "### Instruction:" and the like: words this corpus lacks
 
 
 def test_params_flag_picks_the_nearest_shape(tmp_path: Path) -> None:

@@ -63,6 +63,11 @@ def export_adapter_gguf(
             f"{adapter}: the adapter also retrains whole modules ({cfg['modules_to_save']}); "
             "merge and export the model instead"
         )
+    if cfg.get("trainable_token_indices"):
+        raise LlamabrewError(
+            f"{adapter}: the adapter also trains token embeddings (the base's untrained tokens), which a llama.cpp "
+            "LoRA cannot carry; merge and export the model instead"
+        )
     base = base or adapter_base(adapter)
     try:
         config = AutoConfig.from_pretrained(base)

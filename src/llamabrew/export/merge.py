@@ -87,11 +87,19 @@ def load_full_precision(base: str, trust_remote_code: bool = False) -> Any:
 
 
 def _scale_adapter(model: Any, name: str, weight: float) -> None:
+    """Scale an adapter's change by ``weight``: LoRA's delta, and trained token rows (stored whole, so moved
+    ``weight`` of the way from their base values)."""
     from peft.tuners.lora import LoraLayer
+    from peft.tuners.trainable_tokens.layer import TrainableTokensLayer
 
     for module in model.modules():
         if isinstance(module, LoraLayer) and name in module.scaling:
             module.scaling[name] *= weight
+        elif isinstance(module, TrainableTokensLayer) and name in module.trainable_tokens_delta \
+                and module.tied_adapter is None:  # a tied layer shares its rows with the one scaled here
+            rows, original = module.trainable_tokens_delta[name], module.trainable_tokens_original[name]
+            with torch.no_grad():
+                rows.copy_(original.to(rows) + weight * (rows - original.to(rows)))
 
 
 def merge_into(model: Any, adapters: Sequence[str | Path], weights: Sequence[float]) -> Any:

@@ -29,6 +29,7 @@ from llamabrew.io import atomic_write_text
 from llamabrew.models import pick_device, pick_dtype, set_threads
 from llamabrew.recipe import PretrainRecipe, save_recipe
 from llamabrew.run import Run, RunSummary
+from llamabrew.train import untrained
 from llamabrew.train.checkpoint import list_checkpoints
 from llamabrew.train.cost import budget_seconds, run_cost
 from llamabrew.train.distributed import launched
@@ -253,6 +254,7 @@ def run(recipe: PretrainRecipe) -> Path:
                  resume=recipe.resume, description="pretraining")
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
+    untrained.record(out, model.config.vocab_size, (e.input_ids for e in train))
     run_dir.write_summary(RunSummary("pretrain", "full", result.steps, result.train_loss, result.val_loss,
                                      result.stopped_early, result.elapsed_s, len(train), len(val), plan.params,
                                      plan.params, None, *run_cost(recipe.optim, result.elapsed_s)))

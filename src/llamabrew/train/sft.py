@@ -21,7 +21,7 @@ from llamabrew.models import check_4bit, load_causal_lm, load_tokenizer, pick_de
 from llamabrew.progress import progress_bar
 from llamabrew.recipe import Recipe, save_recipe
 from llamabrew.run import Run, RunSummary
-from llamabrew.train import fastpath
+from llamabrew.train import fastpath, untrained
 from llamabrew.train.checkpoint import list_checkpoints
 from llamabrew.train.cost import budget_seconds, run_cost
 from llamabrew.train.defaults import resolve as resolve_defaults
@@ -95,7 +95,9 @@ def encode_split(name: str, examples: list[Example], tokenizer: Any, template: T
     return encoded, report
 
 
-def attach_lora(model: Any, recipe: Recipe, task_type: str = "CAUSAL_LM", checkpointing: bool = True) -> Any:
+def attach_lora(model: Any, recipe: Recipe, task_type: str = "CAUSAL_LM", checkpointing: bool = True,
+                token_rows: list[int] | None = None) -> Any:
+    """PEFT LoRA on ``recipe.lora``'s modules; ``token_rows``: embedding rows trained too (`train.untrained`)."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     if recipe.model.quantize_4bit:  # non-reentrant: under DDP the reentrant kind marks gradients ready twice
@@ -105,8 +107,21 @@ def attach_lora(model: Any, recipe: Recipe, task_type: str = "CAUSAL_LM", checkp
         r=recipe.lora.r, lora_alpha=recipe.lora.alpha, lora_dropout=recipe.lora.dropout,
         target_modules=recipe.lora.target_modules, task_type=task_type,
         use_dora=recipe.lora.use_dora, use_rslora=recipe.lora.use_rslora,
+        trainable_token_indices=token_rows or None,
     )
     return get_peft_model(model, cfg)
+
+
+def untrained_rows(recipe: Recipe, train: list[Encoded]) -> list[int]:
+    """The embedding rows LoRA should train with its layers: tokens of ``train`` the base never read."""
+    if recipe.method != "lora" or not recipe.lora.train_untrained_tokens:
+        return []
+    rows = untrained.used(recipe.model.base, train)
+    if rows:
+        log.info(f"  trains the embeddings of {len(rows)} tokens of the data that the base never read in "
+                 f"pretraining ({untrained.FILE}): LoRA alone would leave them as initialised",
+                 extra={"style": "dim"})
+    return rows
 
 
 def check_start(recipe: Recipe) -> Recipe:
@@ -180,7 +195,8 @@ def prepare(recipe: Recipe) -> Prepared:
     fast = fastpath.choose(recipe, fastpath.environment(device, dtype), ModelShape.from_config(model.config))
     fastpath.prepare_base(model, fast)
     if recipe.method == "lora":
-        model = attach_lora(model, recipe, checkpointing=fast.gradient_checkpointing)
+        model = attach_lora(model, recipe, checkpointing=fast.gradient_checkpointing,
+                            token_rows=untrained_rows(recipe, train))
     if not recipe.model.quantize_4bit and strategy(recipe) != "fsdp":  # FSDP moves each rank's shards itself
         model.to(device)
     fastpath.compile_layers(model, fast)
