@@ -163,7 +163,7 @@ ORCHARD = WorldSpec(
 
 # A market town, kept to check the defaults after they were chosen (no default was tuned on it): one fact a line
 # like harbor, but fewer and shorter runs of lines per person (two phrasings of four facts), more people, and
-# answers that put the fact before the name or the name first.
+# answers that open with the name or with a fixed phrase before it.
 MARKET = WorldSpec(
     name="market",
     onsets=("b", "c", "d", "g", "j", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "gl", "tr"),

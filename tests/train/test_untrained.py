@@ -36,13 +36,14 @@ def tuning(base: Path, tmp_path: Path, **lora: object) -> Recipe:
                   out=tmp_path / "run")
 
 
-def test_record_and_used(tmp_path: Path) -> None:
+def test_record_and_used(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     assert untrained.record(tmp_path, 6, [[0, 1], [1, 3]]) == [2, 4, 5]
     assert untrained.recorded(tmp_path) == [2, 4, 5]
     assert untrained.used(tmp_path, [Encoded([0, 4, 1], [0, 4, 1])]) == [4]
     assert untrained.recorded(tmp_path / "elsewhere") == [] == untrained.used(None, [])
     (tmp_path / untrained.FILE).write_text("{broken")
-    assert untrained.recorded(tmp_path) == []  # costs only the rows it would have trained
+    assert untrained.recorded(tmp_path) == []  # costs only the rows it would have trained, and says so
+    assert f"{tmp_path / untrained.FILE}: unreadable" in caplog.text
 
 
 def test_lora_trains_the_untrained_rows_its_data_uses_and_no_others(tmp_path: Path, tiny_model_dir: Path,

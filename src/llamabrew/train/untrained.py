@@ -16,6 +16,7 @@ uses (``lora.train_untrained_tokens``). A hub model has no such file: every row 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from llamabrew.data.encode import Encoded
 from llamabrew.io import atomic_write_text
 
 FILE = "untrained_tokens.json"
+log = logging.getLogger(__name__)
 
 
 def record(out: Path, vocab_size: int, windows: Iterable[Sequence[int]]) -> list[int]:
@@ -46,8 +48,9 @@ def recorded(base: str | Path | None) -> list[int]:
         return []
     try:
         ids = json.loads(path.read_text())["ids"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return []  # an unreadable record only costs the rows it would have trained
+    except (OSError, ValueError, KeyError, TypeError) as e:  # costs only the rows it would have trained
+        log.warning(f"{path}: unreadable ({e!r}); no untrained token rows are trained")
+        return []
     return [i for i in ids if isinstance(i, int)]
 
 
