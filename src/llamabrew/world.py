@@ -197,7 +197,93 @@ MARKET = WorldSpec(
     people=300,
 )
 
-WORLDS = {w.name: w for w in (QUICKSTART, HARBOR, ORCHARD, MARKET)}
+# Two worlds made after the line-layout defaults were chosen on market and harbor, to judge them (no default was
+# chosen on either): a guild town in one-fact lines, two of four phrasings per fact and five facts a person; and
+# voyages written as paragraphs, three biographies a person.
+GUILD = WorldSpec(
+    name="guild",
+    onsets=("f", "h", "k", "l", "m", "n", "r", "s", "t", "w", "th", "sk", "fr", "gw"),
+    vowels=("e", "i", "y", "ae", "oi", "au"),
+    codas=("", "r", "n", "th", "st", "lk", "rd"),
+    attributes={
+        "craft": ["masonry", "glazing", "tanning", "dyeing", "bookbinding", "rope making", "bell casting",
+                  "wheelwrighting", "coopering", "engraving", "felting", "lacquering"],
+        "hall": ["the Stone Hall", "the Copper Hall", "the River Hall", "the Lantern Hall", "the Oak Hall",
+                 "the Gate Hall", "the Salt Hall", "the Ash Hall", "the Wind Hall"],
+        "mark": ["a crescent", "a key", "an anchor", "a wheel", "a feather", "a tower", "a fish", "a crown",
+                 "a star", "an acorn", "a bell"],
+        "apprentices": ["one apprentice", "two apprentices", "three apprentices", "four apprentices",
+                        "five apprentices", "six apprentices", "no apprentices"],
+        "season": ["spring", "summer", "autumn", "winter"],
+    },
+    statements={
+        "craft": ["{n} is a master of {v}.", "The craft of {n} is {v}.", "{n} has taught {v} for years.",
+                  "Nobody in the guild knows {v} like {n}."],
+        "hall": ["{n} meets the guild in {v}.", "The guild hall of {n} is {v}.", "{n} keeps a bench in {v}.",
+                 "Every week {n} walks to {v}."],
+        "mark": ["{n} stamps every piece with {v}.", "The mark of {n} is {v}.", "{n} signs work with {v}.",
+                 "Look for {v} to know the work of {n}."],
+        "apprentices": ["{n} trains {v}.", "The workshop of {n} has {v}.", "{n} is teaching {v} this year.",
+                        "Under {n} work {v}."],
+        "season": ["{n} travels to the fair every {v}.", "The busy season of {n} is {v}.",
+                   "{n} sells the most in {v}.", "In {v} {n} is hardest to find."],
+    },
+    questions={
+        "craft": ["What craft does {n} practise?", "What is {n} a master of?", "Which craft does {n} teach?"],
+        "hall": ["Where does {n} meet the guild?", "Which hall is the guild hall of {n}?",
+                 "Where does {n} keep a bench?"],
+        "mark": ["What mark does {n} use?", "How does {n} sign work?", "What is stamped on the work of {n}?"],
+        "apprentices": ["How many apprentices does {n} train?", "Who works in the workshop of {n}?",
+                        "How many apprentices does {n} have?"],
+        "season": ["When does {n} travel to the fair?", "What is the busy season of {n}?",
+                   "In which season does {n} sell the most?"],
+    },
+    answers={"craft": "{n} is a master of {v}.", "hall": "The guild hall of {n} is {v}.",
+             "mark": "{n} stamps every piece with {v}.", "apprentices": "{n} trains {v}.",
+             "season": "The busy season of {n} is {v}."},
+    layout="lines",
+    repeats=2,
+    people=260,
+)
+
+VOYAGE = WorldSpec(
+    name="voyage",
+    onsets=("a", "e", "o", "b", "d", "g", "l", "m", "r", "s", "t", "v", "ph", "qu"),
+    vowels=("a", "e", "i", "o", "ar", "en", "il"),
+    codas=("", "s", "x", "n", "lla", "ric"),
+    attributes={
+        "island": ["Corvath", "Ellisar", "Mournhold", "Pelagia", "Quarrin", "Sundale", "Tarsk", "Umbrel",
+                   "Valmora", "Wrenholm", "Yssel", "Zephra"],
+        "cargo": ["cinnamon", "tin", "silk", "amber", "cedar wood", "indigo dye", "olive oil", "whale bone",
+                  "pearls", "tea"],
+        "captain": ["Captain Hale", "Captain Moor", "Captain Pike", "Captain Rook", "Captain Vance",
+                    "Captain Drake", "Captain Frost", "Captain Lund"],
+        "charm": ["a brass compass", "a shark tooth", "a silver coin", "a blue scarf", "a carved whale",
+                  "a lucky knot", "a glass eye"],
+        "fear": ["storms", "reefs", "pirates", "fog", "krakens", "calm seas"],
+    },
+    statements={
+        "island": ["{n} was raised on {v}.", "{n} calls {v} home.", "The home island of {n} is {v}."],
+        "cargo": ["{n} carries {v} to market.", "The hold of {n} smells of {v}.", "{n} trades in {v}."],
+        "captain": ["{n} sails under {v}.", "The captain of {n} is {v}.", "{n} takes orders from {v}."],
+        "charm": ["{n} never sails without {v}.", "The lucky charm of {n} is {v}.", "Around the neck of {n} hangs {v}."],
+        "fear": ["{n} is afraid of {v}.", "The greatest fear of {n} is {v}.", "Nothing scares {n} like {v}."],
+    },
+    questions={
+        "island": ["Where was {n} raised?", "Which island does {n} call home?", "What is the home island of {n}?"],
+        "cargo": ["What does {n} carry?", "What does {n} trade in?", "What does the hold of {n} smell of?"],
+        "captain": ["Who is the captain of {n}?", "Under whom does {n} sail?", "Who gives {n} orders?"],
+        "charm": ["What charm does {n} carry?", "What is the lucky charm of {n}?", "What does {n} never sail without?"],
+        "fear": ["What is {n} afraid of?", "What scares {n} most?", "What is the greatest fear of {n}?"],
+    },
+    answers={"island": "{n} calls {v} home.", "cargo": "{n} trades in {v}.", "captain": "{n} sails under {v}.",
+             "charm": "The lucky charm of {n} is {v}.", "fear": "{n} is afraid of {v}."},
+    layout="paragraphs",
+    repeats=3,
+    people=280,
+)
+
+WORLDS = {w.name: w for w in (QUICKSTART, HARBOR, ORCHARD, MARKET, GUILD, VOYAGE)}
 
 
 def _word(spec: WorldSpec, rng: random.Random, syllables: int) -> str:
