@@ -1,10 +1,10 @@
 """Synthetic worlds of made-up people: a pretraining corpus of facts, and Alpaca questions about them.
 
-The quickstart uses ``QUICKSTART``; ``HARBOR``, ``ORCHARD`` and ``MARKET`` are other worlds (other names,
-attributes, phrasings, corpus layouts and sizes, answer forms; no default was tuned on MARKET), on which the benchmark
-``benchmarks/default_worlds.py`` checks that the defaults of ``pretrain`` and ``train`` still reach the held-out
-facts. Every fact is stated with the full name (what makes knowledge extractable later, per Allen-Zhu & Li,
-"Physics of Language Models" 3.1); questions about the same facts become instruction data.
+The quickstart uses ``QUICKSTART``; ``HARBOR``, ``ORCHARD``, ``MARKET``, ``GUILD`` and ``VOYAGE`` are other worlds
+(other names, attributes, phrasings, corpus layouts and sizes, answer forms; no default was tuned on the last three),
+on which the benchmark ``benchmarks/default_worlds.py`` checks that the defaults of ``pretrain`` and ``train`` still
+reach the held-out facts. Every fact is stated with the full name (what makes knowledge extractable later, per
+Allen-Zhu & Li, "Physics of Language Models" 3.1); questions about the same facts become instruction data.
 """
 
 from __future__ import annotations
@@ -266,7 +266,8 @@ VOYAGE = WorldSpec(
         "island": ["{n} was raised on {v}.", "{n} calls {v} home.", "The home island of {n} is {v}."],
         "cargo": ["{n} carries {v} to market.", "The hold of {n} smells of {v}.", "{n} trades in {v}."],
         "captain": ["{n} sails under {v}.", "The captain of {n} is {v}.", "{n} takes orders from {v}."],
-        "charm": ["{n} never sails without {v}.", "The lucky charm of {n} is {v}.", "Around the neck of {n} hangs {v}."],
+        "charm": ["{n} never sails without {v}.", "The lucky charm of {n} is {v}.",
+                  "Around the neck of {n} hangs {v}."],
         "fear": ["{n} is afraid of {v}.", "The greatest fear of {n} is {v}.", "Nothing scares {n} like {v}."],
     },
     questions={

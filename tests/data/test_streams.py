@@ -78,17 +78,40 @@ def test_corpus_order_packs_lines_whole_and_keeps_neighbours_together() -> None:
     assert [t for w in fixed for t in w] == [t for d in corpus for t in d.input_ids]  # corpus order, nothing lost
     assert all(w[0] % 100 == 0 for w in fixed)  # every window starts at a line
     assert all(len(w) <= 48 for w in fixed)
-    e0, e1 = epoch_windows(b, corpus, 0), epoch_windows(b, corpus, 1)
+    e0, e2 = epoch_windows(b, corpus, 0), epoch_windows(b, corpus, 2)
     same_lines = sorted(sorted(lines_of(w)) for w in fixed)
-    for epoch in (e0, e1):  # each window holds the same lines every epoch
+    jittered = freed = 0
+    for epoch in (e0, e2):  # even epochs: each window holds the same lines every epoch ...
         assert sorted(sorted(lines_of(w)) for w in epoch) == same_lines
-        for w in epoch:  # ... each a few places at most from where the corpus has it: neighbours stay together
+        for w in epoch:  # ... each a few places at most from where the corpus has it, or freely shuffled
             places = [line[0] // 100 for line in lines_of(w)]
-            assert all(abs(doc - min(places) - rank) < LINE_JITTER for rank, doc in enumerate(places))
-    assert e0 != e1  # a new order of windows, and of lines inside windows: no sequence to learn by heart
-    moved = [lines_of(w) != sorted(lines_of(w)) for w in e0 + e1]
-    assert any(moved)
-    assert epoch_windows(StreamBatcher(pad_id=0, seq_len=48, order="corpus"), corpus, 1) == e1
+            near = all(abs(doc - min(places) - rank) < LINE_JITTER for rank, doc in enumerate(places))
+            jittered += near
+            freed += not near
+    assert jittered and freed  # both kinds of window
+    assert e0 != e2  # a new order of windows, and of lines inside windows: no sequence to learn by heart
+    assert any(lines_of(w) != sorted(lines_of(w)) for w in e0 + e2)
+    assert epoch_windows(StreamBatcher(pad_id=0, seq_len=48, order="corpus"), corpus, 2) == e2
+
+
+def test_odd_epochs_lay_runs_of_lines_into_new_windows() -> None:
+    corpus = docs(400)
+    b = StreamBatcher(pad_id=0, seq_len=60, order="corpus")
+    fixed_sets = {frozenset(lines_of(w.input_ids)) for w in pack_whole(corpus, 60)}
+    e1, e3 = epoch_windows(b, corpus, 1), epoch_windows(b, corpus, 3)
+    for epoch in (e1, e3):
+        assert len(epoch) == len(fixed_sets)  # every epoch has as many windows
+        assert all(w[0] % 100 == 0 and len(w) <= 60 for w in epoch)  # whole lines, from a line's start
+        lines = [line for w in epoch for line in lines_of(w)]
+        assert len(set(lines)) >= 0.9 * len(corpus)  # (nearly) every line read once
+        assert sum(frozenset(lines_of(w)) in fixed_sets for w in epoch) < 0.2 * len(epoch)  # new neighbours
+        # most lines still sit close to a line next to them in the corpus (runs kept together)
+        close = sum(any(abs(a[0] // 100 - b_[0] // 100) == 1 for b_ in lines_of(w)) for w in epoch for a in lines_of(w))
+        assert close >= 0.8 * len(lines)
+    starts = [[line[0] // 100 for line in lines_of(w)] for w in e1]
+    assert [min(s) for s in starts] != sorted(min(s) for s in starts)  # runs laid out of corpus order
+    assert e1 != e3
+    assert epoch_windows(StreamBatcher(pad_id=0, seq_len=60, order="corpus"), corpus, 3) == e3  # pure function
 
 
 @pytest.mark.parametrize("order", ["shuffle", "corpus"])

@@ -233,7 +233,7 @@ def run(recipe: PretrainRecipe) -> Path:
     dtype = pick_dtype(recipe.optim.precision, device)
     plan = plan_model(train, tokenizer, recipe, batcher, device, dtype)
     layout = (f"windows of {recipe.seq_len} tokens, "
-              + ("lines packed whole in corpus order" if corpus.order == "corpus"
+              + ("lines packed whole, fixed windows and re-laid runs in turn" if corpus.order == "corpus"
                  else "documents reshuffled into a new stream each epoch") if recipe.pack else "one document per row")
     log.info(
         f"plan pretraining: LLaMA {plan.params / 1e6:.2f}M parameters (hidden {plan.hidden}, "
