@@ -106,7 +106,8 @@ def test_odd_epochs_lay_runs_of_lines_into_new_windows() -> None:
         assert len(set(lines)) >= 0.9 * len(corpus)  # (nearly) every line read once
         assert sum(frozenset(lines_of(w)) in fixed_sets for w in epoch) < 0.2 * len(epoch)  # new neighbours
         # most lines still sit close to a line next to them in the corpus (runs kept together)
-        close = sum(any(abs(a[0] // 100 - b_[0] // 100) == 1 for b_ in lines_of(w)) for w in epoch for a in lines_of(w))
+        close = sum(any(abs(line[0] // 100 - other[0] // 100) == 1 for other in lines_of(w))
+                    for w in epoch for line in lines_of(w))
         assert close >= 0.8 * len(lines)
     starts = [[line[0] // 100 for line in lines_of(w)] for w in e1]
     assert [min(s) for s in starts] != sorted(min(s) for s in starts)  # runs laid out of corpus order
