@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -55,6 +56,23 @@ def test_a_resumed_run_purges_the_events_written_after_its_checkpoint(tmp_path: 
     resumed.close()
     assert read_events(tmp_path / "tensorboard")["train/loss"] == [
         (1, 9.0), (2, 8.0), (3, 7.0), (4, 104.0), (5, 105.0), (6, 106.0)]
+
+
+def test_a_run_resumed_in_the_same_second_still_reads_after_the_killed_one(tmp_path: Path) -> None:
+    first = Trackers(["tensorboard"], tmp_path)
+    for step in range(1, 4):
+        first.log({"step": step, "loss": 10.0 - step})
+    first.close()
+    # the killed run was another process, whose pid sorts after ours, and its file is from this very second
+    (old,) = (tmp_path / "tensorboard").iterdir()
+    parts = old.name.split(".")
+    parts[3], parts[5] = str(int(time.time())), "9" * 9
+    old.rename(old.with_name(".".join(parts)))
+    resumed = Trackers(["tensorboard"], tmp_path, start_step=2)
+    for step in range(3, 5):
+        resumed.log({"step": step, "loss": 100.0 + step})
+    resumed.close()
+    assert read_events(tmp_path / "tensorboard")["train/loss"] == [(1, 9.0), (2, 8.0), (3, 103.0), (4, 104.0)]
 
 
 def test_scalars_name_train_and_validation_figures() -> None:

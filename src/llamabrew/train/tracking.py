@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -44,6 +45,17 @@ def check_trackers(kinds: Sequence[str], what: str = "--log-to") -> None:
         require(kind, f"{what} {kind}")
 
 
+def wait_past_event_files(folder: Path) -> None:
+    """TensorBoard reads a folder's event files in name order, and a name is ``events.out.tfevents.SECOND.HOST.PID``:
+    a run resumed in the same second as the killed run's file (a pipeline picks up at once) could sort before it,
+    and its purge would then drop the killed run's steps before the checkpoint. Waiting for the next second (at most
+    one) makes the new file sort last."""
+    seconds = [int(part) for p in folder.glob("events.out.tfevents.*")
+               if (part := p.name.split(".")[3]).isdigit()] if folder.is_dir() else []
+    if seconds and (wait := max(seconds) + 1 - time.time()) > 0:
+        time.sleep(wait)
+
+
 class TensorBoardTracker:
     """Event files TensorBoard reads. A resumed run purges the events the killed run wrote after its checkpoint,
     as the loss log drops those lines, so the curves never show a step twice."""
@@ -52,6 +64,8 @@ class TensorBoardTracker:
         require("tensorboard", "--log-to tensorboard")
         from torch.utils.tensorboard import SummaryWriter
 
+        if start_step:
+            wait_past_event_files(run_dir / TENSORBOARD_DIR)
         self.writer = SummaryWriter(str(run_dir / TENSORBOARD_DIR), purge_step=start_step + 1 if start_step else None)
 
     def log(self, record: dict[str, Any]) -> None:
