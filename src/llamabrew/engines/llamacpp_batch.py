@@ -18,7 +18,9 @@ chunks of 32), every sequence has its own KV stream (``kv_unified`` off), prompt
 in separate calls (llama.cpp splits a mixed batch into equal per-sequence pieces, which can leave a row alone),
 and, where 1-row products take another kernel (f16 weights here), no product has a single row: a lone token
 gets a throwaway partner and a call wanting one row's logits asks for a second row's too (that costs a lone
-request about a third of its speed, so it is done only where needed). Repacked / AMX weight buffers may
+request about a third of its speed, so it is done only where needed). "Lone" is per piece: with one KV stream
+per sequence, llama.cpp cuts a step into pieces of consecutive sequence ids (slots 0, 2 and 3 decode as {0} and
+{2, 3}), so a slot without a generating neighbour gets its partner too. Repacked / AMX weight buffers may
 compute rows in groups with another kernel for the leftover rows. `batch_invariant` measures all this at
 load; the engine pads only where it must, and falls back to plain weight buffers where padding is not enough.
 """
@@ -45,6 +47,18 @@ PREFILL_CHUNK = 32  # prompt tokens per call: flash attention's CPU kernel takes
 Row = tuple[int, int, int, bool]  # token, position, sequence, whether its logits are wanted
 
 
+def lone_partners(rows: list[Row]) -> list[Row]:
+    """A throwaway row at the next position for each sequence that llama.cpp would compute alone: one row of
+    its own, and no one-row sequence with an id next to its own (one KV stream per sequence: a step is cut into
+    pieces of consecutive sequence ids)."""
+    count: dict[int, int] = {}
+    for _, _, seq, _ in rows:
+        count[seq] = count.get(seq, 0) + 1
+    single = {seq for seq, n in count.items() if n == 1}
+    return [(token, pos + 1, seq, True) for token, pos, seq, _ in rows
+            if seq in single and seq - 1 not in single and seq + 1 not in single]
+
+
 class DecodeError(LlamabrewError):
     """llama_decode refused a batch (no room in the KV cache, or an internal error)."""
 
@@ -59,7 +73,7 @@ class BatchRunner:
 
         self._lib, self.model = llama_cpp, model
         self.n_slots, self.ctx_per_slot, self.chunk, self.prompt_cache = slots, ctx_per_slot, chunk, prompt_cache
-        self.n_batch = max(min(512, ctx_per_slot), slots + 1)
+        self.n_batch = max(min(512, ctx_per_slot), 2 * slots)  # a step's rows and their partners
         params = llama_cpp.llama_context_default_params()
         params.n_ctx, params.n_seq_max, params.kv_unified = slots * ctx_per_slot, slots, False
         params.n_batch = params.n_ubatch = self.n_batch
@@ -69,7 +83,7 @@ class BatchRunner:
         if all_logits:
             params.n_outputs_max_per_seq = 0  # every position's logits (export verification)
         else:  # a step's logits: one row per slot, or the two rows of a prompt chunk's end
-            params.n_outputs_max, params.n_outputs_max_per_seq = slots + 1, 2
+            params.n_outputs_max, params.n_outputs_max_per_seq = 2 * slots, 2
         self.ctx = llama_cpp.llama_init_from_model(model.model, params)
         if not self.ctx:
             raise LlamabrewError(f"llama.cpp could not make a context of {slots} x {ctx_per_slot} tokens "
@@ -244,9 +258,9 @@ class BatchRunner:
             return False
 
     def _decode(self, rows: list[Row]) -> None:
-        pad = rows[0] if len(rows) == 1 and self.pad else None
-        if pad:  # a throwaway partner at the next position: a 1-row product would take another kernel
-            rows = [*rows, (pad[0], pad[1] + 1, pad[2], True)]
+        pads = lone_partners(rows) if self.pad else []
+        if pads:  # throwaway partners at the next positions (after the rows, so row i's logits stay at i)
+            rows = [*rows, *pads]
         elif self.pad and sum(r[3] for r in rows) == 1:  # the same for the output layer: a second row's logits
             i = 1 if rows[0][3] else 0
             rows = [*rows[:i], (*rows[i][:3], True), *rows[i + 1 :]]
@@ -258,8 +272,8 @@ class BatchRunner:
         with DECODE_LOCK:
             rc = self._lib.llama_decode(self.ctx, b)
             self._lib.llama_synchronize(self.ctx)  # the graph may still run: finish it before touching the cache
-        if pad:
-            self._lib.llama_memory_seq_rm(self.memory, pad[2], pad[1] + 1, -1)
+        for _, pos, seq, _ in pads:
+            self._lib.llama_memory_seq_rm(self.memory, seq, pos, -1)
         if rc != 0:
             raise DecodeError(f"llama_decode returned {rc} for {len(rows)} tokens")
 
@@ -287,8 +301,8 @@ class BatchRunner:
 
     def batch_invariant(self) -> bool:
         """Whether a sequence's logits are bitwise the same whatever shares its call: a 33-token prompt read as
-        the engine reads it (32 + 1) and in chunks of 2, 3, 5, 7, and its next token alone and beside 1 to
-        slots-1 others."""
+        the engine reads it (32 + 1) and in chunks of 2, 3, 5, 7, and its next token alone, beside 1 to slots-1
+        others, and in slots with gaps between them."""
         n = 33
         ids = [(7919 * i + 13) % self.n_vocab for i in range(1, n + 2)]
 
@@ -304,10 +318,11 @@ class BatchRunner:
         self._decode([(ids[n], n, 0, True)])
         alone = self._logits(0)
         self._lib.llama_memory_seq_rm(self.memory, 0, n, -1)
-        for k in range(2, self.n_slots + 1):
-            self._decode([(ids[n], n, seq, True) for seq in range(k)])
-            same = same and all(np.array_equal(self._logits(i), alone) for i in range(k))
-            for seq in range(k):
+        spread = [list(range(0, self.n_slots, 2)), [0, *range(2, self.n_slots)]]  # gaps between the slots
+        for seqs in [list(range(k)) for k in range(2, self.n_slots + 1)] + [s for s in spread if len(s) > 1]:
+            self._decode([(ids[n], n, seq, True) for seq in seqs])
+            same = same and all(np.array_equal(self._logits(i), alone) for i in range(len(seqs)))
+            for seq in seqs:
                 self._lib.llama_memory_seq_rm(self.memory, seq, n, -1)
         self._clear()
         return same
