@@ -70,13 +70,12 @@ def start_server(gguf: Path, threads: int, parallel: int, ctx: int, *extra: str)
     raise SystemExit("the server did not start within five minutes")
 
 
-async def one_request(client, messages: list[dict[str, str]], tokens: int,
-                      model: str = "bench") -> tuple[float, float, int, str, int, int]:
+async def one_request(client, messages: list[dict[str, str]], tokens: int) -> tuple[float, float, int, str, int, int]:
     """(latency, time to first token, completion tokens, text, prompt tokens, prompt tokens the cache held) of
     one streamed chat request."""
     t0, first, n, parts, prompt, cached = time.perf_counter(), None, 0, [], 0, 0
     stream = await client.chat.completions.create(
-        model=model, messages=messages, max_tokens=tokens, temperature=0, stream=True,
+        model="bench", messages=messages, max_tokens=tokens, temperature=0, stream=True,
         stream_options={"include_usage": True}, extra_body={"repetition_penalty": 1.0})
     async for chunk in stream:
         if chunk.usage:
@@ -175,7 +174,7 @@ def rendered_prompts(gguf: Path) -> list[str]:
             for q in QUESTIONS]
 
 
-async def chat_turns(url: str, rep: int, tokens: int, model: str) -> list[tuple[float, int, int]]:
+async def chat_turns(url: str, rep: int, tokens: int) -> list[tuple[float, int, int]]:
     """(time to first token, prompt tokens, of them from the cache) of each turn of a fresh 5-turn conversation
     (each turn a 20-word message; each answer sent back as the client got it)."""
     import openai
@@ -185,18 +184,18 @@ async def chat_turns(url: str, rep: int, tokens: int, model: str) -> list[tuple[
     turns = []
     for turn in range(5):
         history.append({"role": "user", "content": f"(chat {rep}, turn {turn}) " + TURN})
-        _, ttft, _, text, prompt, cached = await one_request(client, history, tokens, model)
+        _, ttft, _, text, prompt, cached = await one_request(client, history, tokens)
         history.append({"role": "assistant", "content": text})
         turns.append((ttft, prompt, cached))
     await client.close()
     return turns
 
 
-def chat_round(urls: dict[str, str], r: int, tokens: int, model: str, into: dict[str, list]) -> None:
+def chat_round(urls: dict[str, str], r: int, tokens: int, into: dict[str, list]) -> None:
     """One chat against the server with the prompt cache and one against the server without, the order
     alternating by round."""
     for which in ("cache", "nocache")[:: 1 if r % 2 == 0 else -1]:
-        into[which].append(asyncio.run(chat_turns(urls[which], r, tokens, model)))
+        into[which].append(asyncio.run(chat_turns(urls[which], r, tokens)))
     print(f"  turn-5 time to first token: cache {into['cache'][-1][-1][0]:.2f}s, none "
           f"{into['nocache'][-1][-1][0]:.2f}s ({into['cache'][-1][-1][2]} of {into['cache'][-1][-1][1]} prompt "
           "tokens from the cache)", flush=True)
@@ -224,7 +223,7 @@ def real_chat(args: argparse.Namespace) -> dict | None:
     try:
         asyncio.run(server_level(url, 1, 1, 4))
         for r in range(args.rounds):
-            chat_round({"cache": url, "nocache": url_nocache}, r, args.chat_tokens, "bench", turns)
+            chat_round({"cache": url, "nocache": url_nocache}, r, args.chat_tokens, turns)
     finally:
         for proc in (server, nocache):
             proc.terminate()
@@ -252,7 +251,7 @@ def measure(gguf: Path, args: argparse.Namespace) -> dict:
                 print(f"  {gguf.name} round {r} clients {n}: server {got['tok_s']:.1f} tok/s, bare loop "
                       f"{got['bare_all']:.1f} (decode alone {got['bare']:.1f}) tok/s, p50 {got['p50']:.2f}s, "
                       f"ttft p50 {got['ttft50']:.2f}s", flush=True)
-            chat_round({"cache": url, "nocache": url_nocache}, r, args.chat_tokens, "bench", turns)
+            chat_round({"cache": url, "nocache": url_nocache}, r, args.chat_tokens, turns)
     finally:
         bare.close()
         for proc in (server, nocache):
