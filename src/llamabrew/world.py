@@ -1,10 +1,10 @@
 """Synthetic worlds of made-up people: a pretraining corpus of facts, and Alpaca questions about them.
 
-The quickstart uses ``QUICKSTART``; ``HARBOR``, ``ORCHARD``, ``MARKET``, ``GUILD`` and ``VOYAGE`` are other worlds
-(other names, attributes, phrasings, corpus layouts and sizes, answer forms; no default was tuned on the last three),
-on which the benchmark ``benchmarks/default_worlds.py`` checks that the defaults of ``pretrain`` and ``train`` still
-reach the held-out facts. Every fact is stated with the full name (what makes knowledge extractable later, per
-Allen-Zhu & Li, "Physics of Language Models" 3.1); questions about the same facts become instruction data.
+The quickstart uses ``QUICKSTART``; ``HARBOR``, ``ORCHARD``, ``MARKET``, ``GUILD``, ``VOYAGE`` and ``CARAVAN`` are
+other worlds (other names, attributes, phrasings, corpus layouts and sizes, answer forms; no default was tuned on the
+last four), on which the benchmark ``benchmarks/default_worlds.py`` checks that the defaults of ``pretrain`` and
+``train`` still reach the held-out facts. Every fact is stated with the full name (what makes knowledge extractable
+later, per Allen-Zhu & Li, "Physics of Language Models" 3.1); questions about the same facts become instruction data.
 """
 
 from __future__ import annotations
@@ -284,7 +284,51 @@ VOYAGE = WorldSpec(
     people=280,
 )
 
-WORLDS = {w.name: w for w in (QUICKSTART, HARBOR, ORCHARD, MARKET, GUILD, VOYAGE)}
+# Made after LoRA's rank was found to matter on guild, to judge a rank default on a world it was not chosen on:
+# caravan traders in one-fact lines, two of three phrasings per fact, six facts a person, answers in the second
+# phrasing for half the facts.
+CARAVAN = WorldSpec(
+    name="caravan",
+    onsets=("d", "k", "q", "s", "z", "y", "h", "m", "n", "sh", "kh", "ar", "ib"),
+    vowels=("a", "i", "u", "aa", "ei", "ou"),
+    codas=("", "m", "n", "r", "sh", "d", "im"),
+    attributes={
+        "beast": ["a grey camel", "a white mule", "a spotted horse", "a black donkey", "a red camel",
+                  "an old ox", "a young mare", "a lame mule"],
+        "oasis": ["Bir Tamar", "Ain Salah", "Wadi Kesh", "Qasr Dunes", "Nahr Lila", "Sidi Harun", "Tell Amber",
+                  "Ras Maydan", "Umm Sahra", "Jebel Nour"],
+        "wares": ["dates", "carpets", "myrrh", "silver bangles", "indigo cloth", "brass lamps", "frankincense",
+                  "dried apricots", "saddle bags", "water skins", "camel bells"],
+        "guide": ["the north star", "an old map", "the wind", "a blind scout", "the dunes", "a copper astrolabe",
+                  "the river bed"],
+        "debt": ["forty coins", "ten coins", "a hundred coins", "seven coins", "sixty coins", "no coins"],
+        "song": ["the sand song", "the well song", "the moon song", "the road song", "the salt song"],
+    },
+    statements={
+        "beast": ["{n} rides {v}.", "The mount of {n} is {v}.", "{n} leads {v} across the sand."],
+        "oasis": ["{n} waters the herd at {v}.", "The resting place of {n} is {v}.", "{n} always camps at {v}."],
+        "wares": ["{n} deals in {v}.", "The packs of {n} hold {v}.", "{n} brings {v} to the city."],
+        "guide": ["{n} finds the way by {v}.", "The guide of {n} is {v}.", "{n} trusts {v} on the road."],
+        "debt": ["{n} owes {v} to the caravan master.", "The debt of {n} is {v}.", "{n} must still repay {v}."],
+        "song": ["{n} sings {v} at night.", "The favourite song of {n} is {v}.", "{n} hums {v} while walking."],
+    },
+    questions={
+        "beast": ["What does {n} ride?", "What is the mount of {n}?", "Which animal does {n} lead?"],
+        "oasis": ["Where does {n} water the herd?", "Where does {n} rest?", "Where does {n} camp?"],
+        "wares": ["What does {n} deal in?", "What do the packs of {n} hold?", "What does {n} bring to the city?"],
+        "guide": ["How does {n} find the way?", "What guides {n}?", "What does {n} trust on the road?"],
+        "debt": ["How much does {n} owe?", "What is the debt of {n}?", "How much must {n} still repay?"],
+        "song": ["What does {n} sing at night?", "What is the favourite song of {n}?", "What does {n} hum?"],
+    },
+    answers={"beast": "{n} rides {v}.", "oasis": "The resting place of {n} is {v}.", "wares": "{n} deals in {v}.",
+             "guide": "The guide of {n} is {v}.", "debt": "{n} owes {v} to the caravan master.",
+             "song": "The favourite song of {n} is {v}."},
+    layout="lines",
+    repeats=2,
+    people=240,
+)
+
+WORLDS = {w.name: w for w in (QUICKSTART, HARBOR, ORCHARD, MARKET, GUILD, VOYAGE, CARAVAN)}
 
 
 def _word(spec: WorldSpec, rng: random.Random, syllables: int) -> str:
