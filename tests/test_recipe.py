@@ -18,8 +18,17 @@ def write(path: Path, text: str) -> Path:
 def test_defaults_without_file():
     r = load_recipe(Recipe)
     assert r == Recipe()
-    assert (r.method, r.data.template, r.lora.r) == ("lora", "auto", 16)
+    assert (r.method, r.data.template) == ("lora", "auto")
     assert r.optim.learning_rate is None and r.optim.grad_accum is None  # chosen from the model and data
+    assert (r.lora.r, r.lora.alpha) == (16, 32)
+
+
+def test_lora_alpha_is_twice_the_rank_unless_set(tmp_path: Path):
+    assert load_recipe(Recipe, overrides={"lora.r": 32}).lora.alpha == 64
+    assert load_recipe(Recipe, overrides={"lora.r": 32, "lora.alpha": 8}).lora.alpha == 8
+    saved = tmp_path / "recipe.yaml"
+    saved.write_text("lora:\n  r: 4\n  alpha: 4\n")
+    assert (load_recipe(Recipe, saved, {"lora.r": 2}).lora.r, load_recipe(Recipe, saved).lora.alpha) == (2, 4)
 
 
 def test_yaml_file_then_flags_win(tmp_path: Path):

@@ -49,7 +49,7 @@ class DataConfig(Section):
 
 class LoraConfig(Section):
     r: int = Field(16, gt=0, description="LoRA rank")
-    alpha: int = Field(32, gt=0, description="LoRA alpha (scale = alpha / r)")
+    alpha: int | None = Field(None, gt=0, description="LoRA alpha (scale = alpha / r; default: twice the rank)")
     dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout")
     target_modules: list[str] | Literal["all-linear"] = "all-linear"
     use_dora: bool = Field(False, description="DoRA: learn each weight's magnitude apart from its direction "
@@ -59,6 +59,12 @@ class LoraConfig(Section):
     train_untrained_tokens: bool = Field(True, description="also train the embeddings of tokens the base never "
                                          "read in pretraining (recorded by llamabrew pretrain; see "
                                          "llamabrew.train.untrained)")
+
+    @model_validator(mode="after")
+    def _alpha_follows_rank(self) -> LoraConfig:
+        if self.alpha is None:
+            self.alpha = 2 * self.r
+        return self
 
 
 class OptimConfig(Section):
