@@ -51,7 +51,9 @@ class LoraConfig(Section):
     r: int = Field(16, gt=0, description="LoRA rank")
     alpha: int | None = Field(None, gt=0, description="LoRA alpha (scale = alpha / r; default: twice the rank)")
     dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout")
-    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    target_modules: list[str] | Literal["all-linear", "auto"] = Field(
+        "auto", description="modules the adapter trains: all-linear, a list of names, or auto: all-linear, but the "
+        "attention projections only on a base llamabrew pretrained (see llamabrew.train.defaults)")
     use_dora: bool = Field(False, description="DoRA: learn each weight's magnitude apart from its direction "
                            "(PEFT's use_dora; slower steps)")
     use_rslora: bool = Field(False, description="rsLoRA: scale by alpha/sqrt(r) instead of alpha/r, so higher "

@@ -9,8 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from llamabrew.recipe import OptimConfig
-from llamabrew.train.defaults import MIN_STEPS, default_grad_accum, default_learning_rate, resolve
+from llamabrew.recipe import LoraConfig, OptimConfig
+from llamabrew.run import Run, RunSummary
+from llamabrew.train.defaults import (
+    ATTENTION,
+    MIN_STEPS,
+    default_grad_accum,
+    default_learning_rate,
+    lora_targets,
+    resolve,
+)
 from llamabrew.train.loop import stall_warning, total_steps
 
 
@@ -44,6 +52,39 @@ def test_resolve_fills_only_what_the_recipe_left_unset() -> None:
     assert any("width 576" in n for n in chosen.notes) and any("small data" in n for n in chosen.notes)
     fixed = resolve(OptimConfig(learning_rate=1e-5, grad_accum=4), "lora", Model(), 36)
     assert (fixed.optim.learning_rate, fixed.optim.grad_accum, fixed.notes) == (1e-5, 4, [])
+
+
+def pretrained_base(folder: Path, kind: str = "pretrain") -> Path:
+    """A directory with the run summary `llamabrew pretrain` (or another stage) writes."""
+    folder.mkdir()
+    Run(folder).write_summary(RunSummary(kind, "full", 10, 1.0, 1.2, False, 1.0))
+    return folder
+
+
+def test_lora_targets_attention_only_on_a_base_llamabrew_pretrained(tmp_path: Path) -> None:
+    mine, tuned = pretrained_base(tmp_path / "mine"), pretrained_base(tmp_path / "tuned", kind="sft")
+    auto = LoraConfig()
+    assert auto.target_modules == "auto"
+    assert lora_targets(auto, str(mine)) == ATTENTION
+    assert lora_targets(auto, str(tuned)) == "all-linear"  # a fine-tuned run is not a pretrained-here base
+    assert lora_targets(auto, "HuggingFaceTB/SmolLM2-135M") == "all-linear"  # a hub id
+    assert lora_targets(auto, None) == "all-linear"
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "train_summary.json").write_text("{not json")
+    assert lora_targets(auto, str(tmp_path / "broken")) == "all-linear"
+    assert lora_targets(LoraConfig(target_modules="all-linear"), str(mine)) == "all-linear"  # asked for
+    assert lora_targets(LoraConfig(target_modules=["q_proj"]), str(mine)) == ["q_proj"]
+
+    class Model:
+        class config:  # noqa: N801 - stands in for a HF config
+            hidden_size = 192
+
+    chosen = resolve(OptimConfig(), "lora", Model(), 300, auto, str(mine))
+    assert chosen.lora is not None and chosen.lora.target_modules == ATTENTION
+    assert any(n.startswith("LoRA on the attention projections only") for n in chosen.notes)
+    hub = resolve(OptimConfig(), "lora", Model(), 300, auto, "some/hub-model")
+    assert hub.lora is not None and hub.lora.target_modules == "all-linear"
+    assert not any("attention" in n for n in hub.notes)
 
 
 def test_stall_warning_only_for_a_flat_loss_after_a_good_share_of_steps() -> None:

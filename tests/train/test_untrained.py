@@ -85,3 +85,23 @@ def test_the_rows_can_be_left_alone_and_a_gguf_lora_refuses_them(tmp_path: Path,
     shutil.rmtree(tmp_path / "run")
     train.run(tuning(base, tmp_path, train_untrained_tokens=False))
     assert not json.loads((tmp_path / "run" / "adapter_config.json").read_text()).get("trainable_token_indices")
+
+
+def test_a_base_llamabrew_pretrained_tunes_its_attention_only(tmp_path: Path, tiny_model_dir: Path) -> None:
+    import yaml
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from llamabrew.run import Run, RunSummary
+
+    base = base_with_record(tmp_path, tiny_model_dir, [])
+    Run(base).write_summary(RunSummary("pretrain", "full", 10, 1.0, 1.2, False, 1.0))  # as pretrain leaves it
+    train.run(tuning(base, tmp_path))
+    cfg = json.loads((tmp_path / "run" / "adapter_config.json").read_text())
+    assert sorted(cfg["target_modules"]) == ["k_proj", "o_proj", "q_proj", "v_proj"]
+    saved = yaml.safe_load((tmp_path / "run" / "recipe.yaml").read_text())
+    assert sorted(saved["lora"]["target_modules"]) == ["k_proj", "o_proj", "q_proj", "v_proj"]  # repeats exactly
+    before = dict(AutoModelForCausalLM.from_pretrained(base).named_parameters())
+    merged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), tmp_path / "run").merge_and_unload()
+    changed = {name for name, w in merged.named_parameters() if not torch.equal(w, before[name])}
+    assert changed and all(".self_attn." in name for name in changed)  # the MLPs, where facts live, untouched

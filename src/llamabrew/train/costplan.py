@@ -24,6 +24,7 @@ from llamabrew.data.batching import first_fit_decreasing
 from llamabrew.errors import InputError, LlamabrewError
 from llamabrew.recipe import Recipe
 from llamabrew.train.cards import CARDS, MULTI_GPU_EFFICIENCY, PRICES_AS_OF, assumed_mfu
+from llamabrew.train.defaults import lora_targets
 from llamabrew.train.fastpath import MEMORY_HEADROOM
 from llamabrew.train.memory import (
     GIB,
@@ -222,8 +223,8 @@ def plan_costs(recipe: Recipe, *, params: str | None = None, gpus: int = 1, shar
         plan.computed_tokens = max(plan.computed_tokens, computed)
         widest = cfg.micro_batch_size * (recipe.data.cutoff_len if packing else max(data.lengths))
         loss = "chunked" if not on_cpu or cfg.loss_chunk_tokens else "plain"
-        setup = TrainSetup(method, quant, recipe.lora.r, recipe.lora.target_modules, widest, False, loss,
-                           "paged_adamw_8bit" if quant else "adamw", "cpu" if on_cpu else "cuda",
+        setup = TrainSetup(method, quant, recipe.lora.r, lora_targets(recipe.lora, recipe.model.base), widest,
+                           False, loss, "paged_adamw_8bit" if quant else "adamw", "cpu" if on_cpu else "cuda",
                            1 if on_cpu else gpus, sharding)
         forced = recipe.speed.gradient_checkpointing
         if on_cpu:

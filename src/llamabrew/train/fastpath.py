@@ -27,6 +27,7 @@ from llamabrew.data.batching import Batcher, PackedBatcher, PaddedBatcher
 from llamabrew.errors import LlamabrewError
 from llamabrew.extras import require
 from llamabrew.recipe import Recipe, read_saved_recipe
+from llamabrew.train.defaults import lora_targets
 from llamabrew.train.memory import GIB, ModelShape, TrainSetup, estimate_memory
 from llamabrew.train.objective import CausalLM
 
@@ -159,7 +160,8 @@ def choose(recipe: Recipe, env: Environment, shape: ModelShape) -> FastPath:
 
 
 def _setup(recipe: Recipe, packing: bool, loss: str, optimizer: str, checkpointing: bool) -> TrainSetup:
-    return TrainSetup(recipe.method, recipe.model.quantize_4bit, recipe.lora.r, recipe.lora.target_modules,
+    return TrainSetup(recipe.method, recipe.model.quantize_4bit, recipe.lora.r,
+                      lora_targets(recipe.lora, recipe.model.base),
                       recipe.optim.micro_batch_size * recipe.data.cutoff_len, checkpointing, loss, optimizer)
 
 

@@ -24,6 +24,7 @@ from llamabrew.run import Run, RunSummary
 from llamabrew.train import fastpath, untrained
 from llamabrew.train.checkpoint import list_checkpoints
 from llamabrew.train.cost import budget_seconds, run_cost
+from llamabrew.train.defaults import lora_targets
 from llamabrew.train.defaults import resolve as resolve_defaults
 from llamabrew.train.distributed import DataParallel, choose_strategy, launched
 from llamabrew.train.loop import FitResult, fit
@@ -105,7 +106,7 @@ def attach_lora(model: Any, recipe: Recipe, task_type: str = "CAUSAL_LM", checkp
                                                 gradient_checkpointing_kwargs={"use_reentrant": False})
     cfg = LoraConfig(
         r=recipe.lora.r, lora_alpha=recipe.lora.alpha, lora_dropout=recipe.lora.dropout,
-        target_modules=recipe.lora.target_modules, task_type=task_type,
+        target_modules=lora_targets(recipe.lora, recipe.model.base), task_type=task_type,
         use_dora=recipe.lora.use_dora, use_rslora=recipe.lora.use_rslora,
         trainable_token_indices=token_rows or None,
     )
@@ -231,8 +232,11 @@ def fit_and_save(recipe: Recipe, model: Any, tokenizer: Any, template: Template,
     0 writes; the others train alongside it)."""
     out, ranks, how = Path(recipe.out), launched(), strategy(recipe)
     rate_of = recipe.objective if recipe.objective in ("dpo", "grpo") else recipe.method
-    chosen = resolve_defaults(recipe.optim, rate_of, model, batcher.micro_batches_per_epoch(train, recipe.optim))
-    recipe = recipe.model_copy(update={"optim": chosen.optim})  # the saved recipe repeats the run exactly
+    new_adapter = recipe.method == "lora" and not recipe.model.adapter  # a continued one keeps its targets
+    chosen = resolve_defaults(recipe.optim, rate_of, model, batcher.micro_batches_per_epoch(train, recipe.optim),
+                              recipe.lora if new_adapter else None, recipe.model.base)
+    recipe = recipe.model_copy(update={"optim": chosen.optim, "lora": chosen.lora or recipe.lora})  # the saved
+    # recipe repeats the run exactly
     what = recipe.method if kind == "sft" else f"{kind} ({recipe.method})"
     print_plan(model, train, val, recipe.optim, batcher, device, threads, what=what, notes=chosen.notes,
                objective=objective, dtype=dtype, ranks=ranks.world, strategy=how,
