@@ -2,7 +2,7 @@
 
 Fixed defaults sized for Alpaca's 52K examples on a 7B model leave a person's few hundred examples, or a small
 model, unchanged (measured: SmolLM2-135M on 142 examples ran 15 optimizer steps at batch 32 and learned nothing;
-at batch 4, 108 steps, it learned the answer form). Two rules, each used only when the recipe leaves the value
+at batch 4, 108 steps, it learned the answer form). Three rules, each used only when the recipe leaves the value
 unset:
 
 - **learning rate** follows the model's width: ``REFERENCE_LR[method] × (REFERENCE_WIDTH / hidden) ** 0.5``, so
@@ -15,7 +15,7 @@ unset:
   adapter on its MLPs rewrites facts of the people the tuning data does not ask about. On its attention
   projections only, the held-out score rose on all seven worlds it was tried on (guild 79.1 → 83.5%, caravan
   83.8 → 89.3%, voyage 91.0 → 94.3%, harbor 96.9 → 98.8%, orchard 91.4 → 92.8%, market 90.5 → 90.8%, quickstart
-  99.6 → 100%), and was then judged on an eighth world made for it (``benchmarks/RESULTS.md``).
+  99.6 → 100%), then on an eighth world made to judge it (observatory 82.0 → 84.3%; ``benchmarks/RESULTS.md``).
 - **gradient accumulation** is the largest of 8, 7, ..., 1 micro-batches per step that still gives the run
   ``MIN_STEPS`` optimizer steps: large data keeps alpaca-lora's batch of 32, small data takes smaller steps
   rather than too few of them.
