@@ -211,6 +211,7 @@ def plan_costs(recipe: Recipe, *, params: str | None = None, gpus: int = 1, shar
     if not data.lengths:
         raise LlamabrewError("no training examples left after applying the cutoff")
     cfg, method, quant = recipe.optim, recipe.method, recipe.model.quantize_4bit
+    targets = lora_targets(recipe.lora, recipe.model.base)
     context = sum(n * n for n in data.lengths) / sum(data.lengths)
     flops = flops_per_token(shape, method, context)
     epochs = cfg.epochs
@@ -223,8 +224,8 @@ def plan_costs(recipe: Recipe, *, params: str | None = None, gpus: int = 1, shar
         plan.computed_tokens = max(plan.computed_tokens, computed)
         widest = cfg.micro_batch_size * (recipe.data.cutoff_len if packing else max(data.lengths))
         loss = "chunked" if not on_cpu or cfg.loss_chunk_tokens else "plain"
-        setup = TrainSetup(method, quant, recipe.lora.r, lora_targets(recipe.lora, recipe.model.base), widest,
-                           False, loss, "paged_adamw_8bit" if quant else "adamw", "cpu" if on_cpu else "cuda",
+        setup = TrainSetup(method, quant, recipe.lora.r, targets, widest, False, loss,
+                           "paged_adamw_8bit" if quant else "adamw", "cpu" if on_cpu else "cuda",
                            1 if on_cpu else gpus, sharding)
         forced = recipe.speed.gradient_checkpointing
         if on_cpu:
