@@ -7,12 +7,14 @@
 #   bash benchmarks/gpu_run.sh run [CONFIGS]    # there: run(command="bash benchmarks/gpu_run.sh run", carry=[".whl"])
 #
 # `run` prints every figure, writes the GPU section of benchmarks/RESULTS.md and copies it (and the log) to $OUT.
-# Sized (not yet run) for about 9 minutes on an H200: six CUDA configurations at 20 s each, plus building, compiling
-# and saving a random 4-bit base once; name some (e.g. "hf-qlora qlora-8g") to split the run across two calls.
+# Sized for a device lease of 15 minutes: everything ends within BUDGET_S (560 s) of the start. The throughput
+# configurations run in the order of the goals they answer, 12 s timed each, and stop CHECK_S (150 s) before the
+# end for benchmarks/gpu_train_check.py (same loss and gradients on CUDA; `llamabrew train` learning on CUDA);
+# name some configurations (e.g. "hf-qlora qlora-8g") to split the run across two calls.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WHEELS=(pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5
-        typing-extensions==4.16.0 bitsandbytes==0.50.2 liger-kernel==0.8.5)
+        typing-extensions==4.16.0 bitsandbytes==0.50.2 liger-kernel==0.8.5 gguf==0.19.0)
 
 case "${1:-run}" in
 fetch)
@@ -26,6 +28,7 @@ run)
   CONFIGS=()
   if [ $# -gt 0 ]; then CONFIGS=(--configs "$@"); fi
   PY=python3
+  START=$(date +%s) BUDGET_S=${BUDGET_S:-560} CHECK_S=${CHECK_S:-150}
   if [ -d .whl ]; then
     $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
     export PYTHONPATH=/tmp/site
@@ -33,8 +36,8 @@ run)
   export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
   OUT="${OUT:-/tmp/llamabrew-gpu-out}"
   mkdir -p "$OUT"
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
-  $PY - <<'EOF' 2>&1 | tee "$OUT/fastpath.txt"
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt" || true
+  $PY - <<'EOF' 2>&1 | tee "$OUT/fastpath.txt" || true
 # The CUDA-only pieces, each on its own so one failure names itself.
 import importlib.util, torch
 from llamabrew.train import fastpath
@@ -53,9 +56,12 @@ if "liger_kernel" in env.installed:  # fused linear CE == the plain loss, summed
     fused = LigerFusedLinearCrossEntropyLoss(reduction="sum")(w, h, y)
     print("liger fused CE vs plain:", float(fused), float(plain), "rel diff", float((fused - plain).abs() / plain))
 EOF
-  $PY benchmarks/train_throughput.py --device cuda --seconds "${SECONDS_PER_CONFIG:-20}" --warmup 2 \
-      --config-timeout 300 "${CONFIGS[@]}" 2>&1 | tee "$OUT/train_throughput.log"
+  # throughput first, stopped in time for the fast path's CUDA checks; all within BUDGET_S of the start
+  $PY benchmarks/train_throughput.py --device cuda --seconds "${SECONDS_PER_CONFIG:-12}" --warmup 2 \
+      --config-timeout 240 --deadline $((START + BUDGET_S - CHECK_S)) "${CONFIGS[@]}" 2>&1 \
+      | tee "$OUT/train_throughput.log" || true
   cp benchmarks/RESULTS.md "$OUT/RESULTS.md"
+  timeout $((START + BUDGET_S - $(date +%s))) $PY benchmarks/gpu_train_check.py 2>&1 | tee "$OUT/train_check.txt" || true
   ;;
 *)
   echo "usage: $0 fetch | run [CONFIGS...]" >&2

@@ -9,6 +9,7 @@ recomputation not counted, as issue 14 counts them), and its ratio to the recipe
 - ``alpaca-lora``: LoRA r=8 on q,v; micro-batch 4; cutoff 256; padded to the longest; gradient checkpointing;
   bf16 base; plain loss; sdpa; torch AdamW (the recipe the seeds used).
 - ``default``: llamabrew's defaults (LoRA r=16 on every linear layer, micro-batch 4, cutoff 512), fast path auto.
+- ``default-flex``: the same with flex attention for the packed rows (where flash-attn is not installed; CUDA only).
 - ``default-nocompile``: the same without torch.compile (what compile adds; CUDA only).
 - ``fits-24g``: the defaults with the fast path deciding for a 24 GiB card (an RTX 4090).
 - ``hf-qlora``: NF4 double-quant base, LoRA r=64 on every linear layer, micro-batch 4, cutoff 512, padded,
@@ -70,12 +71,13 @@ class Config:
 CONFIGS = [
     Config("alpaca-lora", 8, QV, 256, False, True, "adamw", compared_to=""),
     Config("default", 16, ALL, 512, False, False),
-    Config("default-nocompile", 16, ALL, 512, False, False, speed=(("compile", "off"),), cuda_only=True),
     Config("fits-24g", 16, ALL, 512, False, False, card_gib=24.0),
     Config("packed-cpu", 16, ALL, 512, False, False, packing="on", cpu_only=True),
     Config("hf-qlora", 64, ALL, 512, True, True, "paged_adamw", cuda_only=True, compared_to=""),
     Config("qlora-8g", 64, ALL, 512, True, False, card_gib=8.0, cuda_only=True, compared_to="hf-qlora"),
-]
+    Config("default-flex", 16, ALL, 512, False, False, speed=(("attention", "flex"),), cuda_only=True),
+    Config("default-nocompile", 16, ALL, 512, False, False, speed=(("compile", "off"),), cuda_only=True),
+]  # in the order they run: what the goals compare first, so a run cut short by --deadline still answers them
 
 
 def alpaca_like_lengths(n: int, seed: int = 0) -> list[int]:
@@ -254,16 +256,25 @@ def run_all(args: argparse.Namespace) -> list[dict[str, Any]]:
     runs: dict[str, list[dict[str, Any]]] = {c.name: [] for c in chosen}
     for _ in range(args.rounds):
         for cfg in chosen:
+            left = (args.deadline - time.time()) if args.deadline else float(args.config_timeout)
+            if left < 60:
+                runs[cfg.name].append({"name": cfg.name, "error": "not run: out of time (--deadline)"})
+                continue
             cmd = [sys.executable, __file__, "--only", cfg.name, *sys.argv[1:]]
             t0 = time.perf_counter()
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.config_timeout)
-            lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
-            if done.returncode == 0 and lines:
-                runs[cfg.name].append(json.loads(lines[-1]))
-            else:
-                why = (done.stderr.strip().splitlines() or ["no output"])[-1][:200]
-                runs[cfg.name].append({"name": cfg.name, "error": why})
-            print(f"  {cfg.name}: {time.perf_counter() - t0:.0f}s", file=sys.stderr, flush=True)
+            try:
+                done = subprocess.run(cmd, capture_output=True, text=True, timeout=min(args.config_timeout, left))
+                lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
+                if done.returncode == 0 and lines:
+                    result = json.loads(lines[-1])
+                else:
+                    why = (done.stderr.strip().splitlines() or ["no output"])[-1][:200]
+                    result = {"name": cfg.name, "error": why}
+            except subprocess.TimeoutExpired:
+                result = {"name": cfg.name, "error": f"timed out after {time.perf_counter() - t0:.0f}s"}
+            runs[cfg.name].append(result)
+            # each result as it comes: a run stopped from outside still leaves its figures in the log
+            print(f"  {cfg.name}: {time.perf_counter() - t0:.0f}s {json.dumps(result)}", file=sys.stderr, flush=True)
     results = []
     for rs in runs.values():
         ok = sorted((r for r in rs if "error" not in r), key=lambda r: r["tokens_per_s"])
@@ -349,6 +360,8 @@ def main() -> None:
     ap.add_argument("--peak-tflops", type=float, help="the device's peak, for MFU")
     ap.add_argument("--work", default="/tmp/llamabrew-bench", help="where a random 4-bit base is saved once")
     ap.add_argument("--config-timeout", type=int, default=900)
+    ap.add_argument("--deadline", type=float, help="unix time after which no configuration starts (and a running "
+                    "one is stopped): a device lease ends the whole benchmark in time to report")
     ap.add_argument("--no-results", action="store_true", help="do not update benchmarks/RESULTS.md")
     ap.add_argument("--write-alpaca-like", type=Path, metavar="FILE", help="only write a 52,002-example stand-in "
                     "with Alpaca-like lengths (for llamabrew plan) and exit")
