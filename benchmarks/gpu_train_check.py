@@ -114,10 +114,9 @@ def same_loss_and_grads() -> str:
 
 
 def tiny_base(root: Path) -> Path:
-    from tinymodels import build_tiny_model
+    from tinymodels import CORPUS, build_tiny_model
 
     from llamabrew.train.tokenizer import train_bpe_tokenizer
-    from tinymodels import CORPUS
 
     tok = train_bpe_tokenizer(CORPUS + [f"Add {a} and {b}. {a} + {b} = {a + b}." for a in range(40)
                                         for b in range(10)], vocab_size=600)

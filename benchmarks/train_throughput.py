@@ -170,6 +170,7 @@ def measure(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
         fast = fastpath.choose(recipe, env, ModelShape.from_config(model.config))
     fastpath.prepare_base(model, fast)
     model = attach_lora(model, recipe, checkpointing=fast.gradient_checkpointing)
+    fastpath.limit_checkpointing(model, fast)
     fastpath.compile_layers(model, fast)
     optim = recipe.optim.model_copy(update={"optimizer": fast.optimizer})
     optimizer = make_optimizer(model, optim, device)

@@ -133,7 +133,7 @@ def plan(
                   "--sharding fsdp, or a smaller --micro-batch-size / --cutoff-len", highlight=False)
     notes = dict.fromkeys(f"{c.card}: {c.note or c.throughput_source}" for c in p.cards)
     console.print("speed: " + "; ".join(notes) + f". ckpt: gradient checkpointing needed to fit. {describe_prices()}."
-                  " GPU figures are estimates until benchmarks/train_throughput.py runs on that card.",
+                  " GPU figures are estimates where not measured (benchmarks/RESULTS.md).",
                   style="dim", highlight=False)
 
 

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
-from llamabrew.train.memory import GIB, KNOWN_SHAPES, TrainSetup, estimate_memory, lora_params
+from llamabrew.train.memory import (
+    GIB,
+    KNOWN_SHAPES,
+    TrainSetup,
+    estimate_memory,
+    layers_to_checkpoint,
+    lora_params,
+)
 
 SEVEN_B = KNOWN_SHAPES["7B"]  # LLaMA-7B's shapes
 
@@ -49,3 +58,18 @@ def test_lora_counts_the_frozen_base_at_its_own_width() -> None:
     assert bf16.gradients == adapter * 4 and bf16.optimizer == adapter * 8
     linear = SEVEN_B.layers * SEVEN_B.layer_linear_params
     assert bf16.weights - nf4.weights == pytest.approx(linear * (2 - 0.5 * (1 + 0.127 / 4)))
+
+
+def test_recomputing_some_layers_costs_memory_between_none_and_all() -> None:
+    setup = TrainSetup(method="lora", lora_r=16, tokens_per_micro_batch=2048, loss="liger")
+    none = estimate_memory(SEVEN_B, setup).total_gib
+    every = estimate_memory(SEVEN_B, replace(setup, checkpointing=True)).total_gib
+    assert every == estimate_memory(SEVEN_B, replace(setup, checkpointing=True, checkpointed_layers=32)).total_gib
+    partial = [estimate_memory(SEVEN_B, replace(setup, checkpointing=True, checkpointed_layers=k)).total_gib
+               for k in range(1, 33)]
+    assert all(a > b for a, b in zip(partial, partial[1:], strict=False)) and partial[-1] == every
+    assert partial[0] > none > partial[1]  # one recomputed layer saves its activations, but one is rebuilt
+    assert layers_to_checkpoint(SEVEN_B, setup, none + 0.1) == 0
+    assert layers_to_checkpoint(SEVEN_B, setup, every - 0.1) == 32  # does not fit either way: recompute all
+    k = layers_to_checkpoint(SEVEN_B, setup, 21.6)  # a 24 GiB card's share
+    assert 0 < k < 32 and partial[k - 1] <= 21.6 < partial[k - 2]

@@ -8,11 +8,12 @@ Every figure here is an assumption written down, not a measurement:
   accumulation, as training uses).
 - **Prices**: typical on-demand prices per GPU-hour at community/specialist clouds as of ``PRICES_AS_OF``
   (hyperscalers charge more, spot and marketplaces less); always override with ``--price-per-hour``.
-- **MFU**: model FLOPs (train.memory.flops_per_token; recomputation not counted) over peak. The only measured
-  anchor is issue 14's H200 run of a LLaMA-7B shape: a naive packed LoRA run on all linear layers reached 11,516
-  tokens/s, 31% MFU by this convention, and padded runs with checkpointing 2.7-7.5%. The fast path is assumed to
-  reach ``ASSUMED_MFU`` on every GPU; benchmarks/train_throughput.py measures it on a real card, and a measured
-  figure should replace the assumption here once a CUDA run exists (benchmarks/RESULTS.md).
+- **MFU**: model FLOPs (train.memory.flops_per_token; recomputation not counted) over peak. Measured on an H200
+  with a LLaMA-7B shape (benchmarks/RESULTS.md, 2026-12-04): the fast path's LoRA on every linear layer, packed,
+  liger loss and kernels, compiled, no checkpointing, 25.4%; the same recomputing every layer ran 1.84× slower
+  (``CHECKPOINT_COST``: 0.84 of a step per recomputed step, where the FLOPs alone say 0.5); QLoRA (NF4,
+  checkpointing every layer) 7.5%, so about 14% without the recomputation. On the H200 the LoRA figure is the
+  measurement; every other card and method is assumed at ``ASSUMED_MFU`` (the H100 has the H200's compute).
 """
 
 from __future__ import annotations
@@ -39,10 +40,15 @@ CARDS: dict[str, Card] = {c.name: c for c in (
     Card("h200", "H200 141GB SXM", 139.8, 989.0, 3.50),
 )}
 
-# (method, 4-bit base) -> assumed MFU of the fast path (packed rows, varlen attention, fused loss), see above.
-ASSUMED_MFU: dict[tuple[str, bool], float] = {("lora", False): 0.30, ("lora", True): 0.15, ("full", False): 0.35}
+# (method, 4-bit base) -> assumed MFU of the fast path (packed rows, fused loss), see above.
+ASSUMED_MFU: dict[tuple[str, bool], float] = {("lora", False): 0.25, ("lora", True): 0.14, ("full", False): 0.30}
+MEASURED_MFU: dict[tuple[str, str, bool], float] = {("h200", "lora", False): 0.254}  # (card, method, 4-bit)
+CHECKPOINT_COST = {"lora": 0.84, "full": 1 / 3}  # added time per step when every layer recomputes (lora: measured)
 MULTI_GPU_EFFICIENCY = 0.90  # share of N× one card that N cards in one machine reach (DDP/FSDP, NVLink or PCIe)
 
 
-def assumed_mfu(method: str, quantize_4bit: bool) -> float:
-    return ASSUMED_MFU[(method, quantize_4bit and method == "lora")]
+def card_mfu(card: str, method: str, quantize_4bit: bool) -> tuple[float, bool]:
+    """The fast path's MFU on ``card`` and whether it was measured there (else assumed, see the module docstring)."""
+    key = (method, quantize_4bit and method == "lora")
+    measured = MEASURED_MFU.get((card, *key))
+    return (measured, True) if measured is not None else (ASSUMED_MFU[key], False)

@@ -23,7 +23,7 @@ import torch
 from llamabrew.data.batching import first_fit_decreasing
 from llamabrew.errors import InputError, LlamabrewError
 from llamabrew.recipe import Recipe
-from llamabrew.train.cards import CARDS, MULTI_GPU_EFFICIENCY, PRICES_AS_OF, assumed_mfu
+from llamabrew.train.cards import CARDS, CHECKPOINT_COST, MULTI_GPU_EFFICIENCY, PRICES_AS_OF, card_mfu
 from llamabrew.train.defaults import lora_targets
 from llamabrew.train.fastpath import MEMORY_HEADROOM
 from llamabrew.train.memory import (
@@ -32,6 +32,7 @@ from llamabrew.train.memory import (
     TrainSetup,
     estimate_memory,
     flops_per_token,
+    layers_to_checkpoint,
     parse_params,
     shape_for_params,
 )
@@ -234,17 +235,19 @@ def plan_costs(recipe: Recipe, *, params: str | None = None, gpus: int = 1, shar
                                                                                                   torch.device("cpu"))))
             continue
         card = CARDS[name]
-        memory = estimate_memory(shape, replace(setup, checkpointing=forced == "on"))
-        checkpointing = forced == "on" or (forced == "auto" and memory.total_gib > MEMORY_HEADROOM * card.memory_gib)
-        if checkpointing:
-            memory = estimate_memory(shape, replace(setup, checkpointing=True))
-        mfu = assumed_mfu(method, quant)
-        base_passes = 3 if method == "full" else 2
-        slowdown = (base_passes + 1) / base_passes if checkpointing else 1.0  # the recomputed forward
+        if forced == "auto":  # as the fast path decides: recompute the fewest layers that make it fit
+            recomputed = layers_to_checkpoint(shape, setup, MEMORY_HEADROOM * card.memory_gib)
+        else:
+            recomputed = shape.layers if forced == "on" else 0
+        checkpointing = recomputed > 0
+        memory = estimate_memory(shape, replace(setup, checkpointing=checkpointing, checkpointed_layers=recomputed))
+        mfu, measured = card_mfu(name, method, quant)
+        slowdown = 1 + CHECKPOINT_COST[method] * recomputed / shape.layers  # the recomputed forwards
         seconds = computed * flops * slowdown / (card.bf16_tflops * 1e12 * mfu * gpus * _efficiency(gpus))
         usd = price if (gpu == name and price is not None) else card.usd_per_hour
         plan.cards.append(CardPlan(
-            name, card.label, usd, plan.tokens / seconds, f"estimate: {mfu:.0%} MFU of {card.bf16_tflops:g} TFLOP/s",
+            name, card.label, usd, plan.tokens / seconds,
+            f"{'measured' if measured else 'estimate'}: {mfu:.0%} MFU of {card.bf16_tflops:g} TFLOP/s",
             seconds, usd * gpus * seconds / 3600, memory.total_gib, card.memory_gib,
             memory.total_gib <= card.memory_gib, checkpointing))
     return plan

