@@ -30,7 +30,7 @@ from llamabrew.world import WORLDS, Person, biographies, corpus_text, make_world
 
 # questions per fact: data sizes differ by world
 TRAIN_PHRASINGS = {"quickstart": 3, "harbor": 2, "orchard": 1, "market": 2, "guild": 2, "voyage": 1, "caravan": 2,
-                   "observatory": 2}
+                   "observatory": 2, "apiary": 2}
 
 
 def split_people(name: str, seed: int) -> tuple[list[Person], list[Person]]:

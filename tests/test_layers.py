@@ -18,7 +18,7 @@ PACKAGE = Path(llamabrew.__file__).parent
 # Lowest first; a module may import its own layer and those below. The CLI modules sit above everything.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("core", ("errors", "io", "extras", "progress", "recipe", "stage_recipes", "models", "world", "world_specs",
-              "persona")),
+              "world_lines", "persona")),
     ("data", ("data",)),
     ("run", ("run",)),
     ("gguf", ("gguf",)),

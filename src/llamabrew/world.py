@@ -1,8 +1,8 @@
 """Synthetic worlds of made-up people: a pretraining corpus of facts, and Alpaca questions about them.
 
-Each world is a ``WorldSpec`` in ``llamabrew.world_specs`` (re-exported here). Every fact is stated with the full
-name (what makes knowledge extractable later, per Allen-Zhu & Li, "Physics of Language Models" 3.1); questions
-about the same facts become instruction data.
+Each world is a ``WorldSpec`` in ``llamabrew.world_specs`` or ``llamabrew.world_lines`` (re-exported here, with
+``WORLDS`` by name). Every fact is stated with the full name (what makes knowledge extractable later, per Allen-Zhu
+& Li, "Physics of Language Models" 3.1); questions about the same facts become instruction data.
 """
 
 from __future__ import annotations
@@ -10,21 +10,13 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from llamabrew.world_specs import (
-    CARAVAN,
-    GUILD,
-    HARBOR,
-    MARKET,
-    OBSERVATORY,
-    ORCHARD,
-    QUICKSTART,
-    VOYAGE,
-    WORLDS,
-    WorldSpec,
-)
+from llamabrew.world_lines import APIARY, CARAVAN, GUILD, HARBOR, MARKET, OBSERVATORY
+from llamabrew.world_specs import ORCHARD, QUICKSTART, VOYAGE, WorldSpec
 
-__all__ = ["CARAVAN", "GUILD", "HARBOR", "MARKET", "OBSERVATORY", "ORCHARD", "QUICKSTART", "VOYAGE", "WORLDS",
-           "WorldSpec", "Person", "biographies", "corpus_text", "make_world", "questions"]
+WORLDS = {w.name: w for w in (QUICKSTART, HARBOR, ORCHARD, MARKET, GUILD, VOYAGE, CARAVAN, OBSERVATORY, APIARY)}
+
+__all__ = ["APIARY", "CARAVAN", "GUILD", "HARBOR", "MARKET", "OBSERVATORY", "ORCHARD", "QUICKSTART", "VOYAGE",
+           "WORLDS", "WorldSpec", "Person", "biographies", "corpus_text", "make_world", "questions"]
 
 
 @dataclass
