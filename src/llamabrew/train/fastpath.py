@@ -6,8 +6,9 @@ device/package combination is tested on a CPU (tests/train/test_fastpath.py). On
 llamabrew had before the fast path existed (padded rows, sdpa, plain loss, no checkpointing, no compile, torch
 AdamW); on CUDA it packs rows with per-example position ids, uses varlen FlashAttention-2 where flash-attn is
 installed, liger-kernel's fused linear cross-entropy and RMSNorm/RoPE/SwiGLU where installed (else a chunked
-loss for large vocabularies), bf16, compiles each decoder layer of a bf16 model, checkpoints activations only
-when the memory estimate says the card needs it, and gives a 4-bit base bitsandbytes' paged 8-bit AdamW.
+loss for large vocabularies), bf16, compiles each decoder layer of a bf16 model, recomputes activations in as
+few decoder layers as the memory estimate says the card needs (none where it all fits), and gives a 4-bit base
+bitsandbytes' paged 8-bit AdamW.
 
 None of this changes what is computed (tests: packed == padded, chunked == plain, position ids == block mask),
 except the 8-bit optimizer's rounding, which is why the optimizer and packing (which sets the steps and the
