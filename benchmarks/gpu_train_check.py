@@ -8,7 +8,8 @@
 2. `llamabrew train` end to end on CUDA through the CLI (fast path auto; QLoRA; DoRA; full fine-tuning): the
    first and last logged loss, the fast path the plan chose, and the run's device-hours.
 
-    python benchmarks/gpu_train_check.py        # needs CUDA; prints one line per check, exits 1 if any failed
+    python benchmarks/gpu_train_check.py [same lora dora qlora full]   # needs CUDA; one line per check; exit 1 if
+                                                                         # any failed
 
 Part of `benchmarks/gpu_run.sh run` (one device call). Not part of the suite: CI has no GPU.
 """
@@ -140,27 +141,38 @@ def train(root: Path, base: Path, data: Path, name: str, *extra: str) -> str:
             f"device-hours {summary.get('device_hours', '?')}")
 
 
+TRAIN_RUNS = {"lora": (), "dora": ("--dora",), "qlora": ("--qlora",), "full": ("--method", "full", "--lr", "3e-4")}
+
+
 def main() -> int:
+    """``python benchmarks/gpu_train_check.py [same] [lora] [dora] [qlora] [full]``: those checks only (default all,
+    in that order; the ones a lease did not reach can run alone in the next)."""
     import torch
 
+    chosen = sys.argv[1:] or ["same", *TRAIN_RUNS]
+    if unknown := set(chosen) - {"same", *TRAIN_RUNS}:
+        print(f"unknown checks {sorted(unknown)}: choose from same, {', '.join(TRAIN_RUNS)}", file=sys.stderr)
+        return 2
     if DEVICE == "cuda" and not torch.cuda.is_available():
         print("needs CUDA", file=sys.stderr)
         return 2
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    check("same loss and gradients on CUDA", same_loss_and_grads)
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        from test_resume import write_data
+    if "same" in chosen:
+        check("same loss and gradients on CUDA", same_loss_and_grads)
+    runs = [name for name in TRAIN_RUNS if name in chosen]
+    if runs:
+        with tempfile.TemporaryDirectory() as tmp:
+            root = Path(tmp)
+            from test_resume import write_data
 
-        try:
-            base, data = tiny_base(root), write_data(root / "add.json", n=240)
-        except Exception:  # noqa: BLE001
-            traceback.print_exc()
-            return 1
-        check("train lora, fast path auto", lambda: train(root, base, data, "lora"))
-        check("train qlora", lambda: train(root, base, data, "qlora", "--qlora"))
-        check("train dora", lambda: train(root, base, data, "dora", "--dora"))
-        check("train full", lambda: train(root, base, data, "full", "--method", "full", "--lr", "3e-4"))
+            try:
+                base, data = tiny_base(root), write_data(root / "add.json", n=240)
+            except Exception:  # noqa: BLE001
+                traceback.print_exc()
+                return 1
+            for name in runs:
+                check(f"train {name}, fast path auto", lambda name=name: train(root, base, data, name,
+                                                                               *TRAIN_RUNS[name]))
     print("failed: " + ", ".join(FAILED) if FAILED else "all checks passed", flush=True)
     return 1 if FAILED else 0
 
