@@ -2,7 +2,7 @@
 `llamabrew train` learn with it chosen automatically?
 
 1. Same loss and gradients: on one random LLaMA (fp32 weights, so the kernels are compared, not the rounding), the
-   padded plain-loss batch against each fast-path combination on the same examples (packed with sdpa + a
+   padded plain-loss batch against each fast-path combination on the same 8 Alpaca-like examples (packed with sdpa + a
    block-diagonal mask, packed with flex attention, chunked loss, liger's fused linear cross-entropy, liger's
    RMSNorm/RoPE/SwiGLU). Prints the largest relative differences.
 2. `llamabrew train` end to end on CUDA through the CLI (fast path auto; QLoRA; DoRA; full fine-tuning): the
@@ -27,7 +27,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests"), str(ROOT / "tests" / "train")]
+sys.path[:0] = [str(ROOT / "src"), str(ROOT / "benchmarks"), str(ROOT / "tests"), str(ROOT / "tests" / "train")]
+
+from alpaca_like import examples  # noqa: E402  (benchmarks/alpaca_like.py)
 
 FAILED: list[str] = []
 DEVICE = os.environ.get("CHECK_DEVICE", "cuda")  # cpu: a dry run of the script itself (liger, flex, QLoRA fail)
@@ -43,21 +45,6 @@ def check(name: str, fn: Any) -> None:
         traceback.print_exc(limit=4)
 
 
-def examples(n: int, vocab: int, seed: int = 0) -> list[Any]:
-    import torch
-
-    from llamabrew.data.encode import IGNORE, Encoded
-
-    gen = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(n):
-        length = int(torch.randint(20, 120, (1,), generator=gen))
-        ids = torch.randint(3, vocab, (length,), generator=gen).tolist()
-        prompt = length // 3
-        out.append(Encoded(ids, [IGNORE] * prompt + ids[prompt:]))
-    return out
-
-
 def same_loss_and_grads() -> str:
     """Each fast-path combination against the padded plain path, on the same 8 examples, fp32."""
     import torch
@@ -69,7 +56,7 @@ def same_loss_and_grads() -> str:
 
     cfg = LlamaConfig(hidden_size=256, num_hidden_layers=2, intermediate_size=688, vocab_size=32000,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024)
-    data = examples(8, cfg.vocab_size)
+    data = examples(8, cfg.vocab_size, cutoff=512)
     optim = OptimConfig(micro_batch_size=8, seed=0)
 
     def run(attention: str, batcher: Any, objective: CausalLM, liger: bool = False) -> tuple[float, torch.Tensor]:

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import re
@@ -43,7 +42,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+sys.path[:0] = [str(ROOT / "src"), str(ROOT / "benchmarks")]
+
+from alpaca_like import examples, write_alpaca_like  # noqa: E402  (benchmarks/alpaca_like.py)
 
 SHAPES = {  # hidden, layers, intermediate, vocab, heads
     "7b": (4096, 32, 11008, 32000, 32),  # LLaMA-7B
@@ -87,41 +88,6 @@ CONFIGS = [
     Config("qlora-8g-mb8", 64, ALL, 512, True, False, card_gib=8.0, cuda_only=True, compared_to="hf-qlora",
            micro_batch=8),
 ]  # in the order they run: what the goals compare first, so a run cut short by --deadline still answers them
-
-
-def alpaca_like_lengths(n: int, seed: int = 0) -> list[int]:
-    """Lognormal lengths, median 150 tokens, clipped to 60-1024 (Alpaca-52K's shape in a LLaMA tokenizer)."""
-    import torch
-
-    gen = torch.Generator().manual_seed(seed)
-    raw = torch.exp(math.log(150) + 0.6 * torch.randn(n, generator=gen))
-    return [int(x) for x in raw.clamp(60, 1024).round()]
-
-
-def examples(n: int, vocab: int, cutoff: int, seed: int = 0) -> list[Any]:
-    import torch
-
-    from llamabrew.data.encode import IGNORE, Encoded
-
-    gen = torch.Generator().manual_seed(seed)
-    out = []
-    for length in alpaca_like_lengths(n, seed):
-        ids = torch.randint(3, vocab, (length,), generator=gen).tolist()[:cutoff]
-        prompt = min(len(ids) - 1, int(0.4 * length))
-        out.append(Encoded(ids, [IGNORE] * prompt + ids[prompt:]))
-    return out
-
-
-def write_alpaca_like(path: Path, n: int = 52002) -> None:
-    """A stand-in with Alpaca-52K's size and lengths for `llamabrew plan` where the real file and the base's tokenizer
-    are not at hand: about 4 characters a token, the plan's own estimate, 30% instruction and 70% answer."""
-    words = "the of and to in is that for it as with was on be by this are from or an".split()
-    with path.open("w") as f:
-        for i, length in enumerate(alpaca_like_lengths(n)):
-            chars = 4 * max(1, length - 40)  # the plan counts 40 tokens of Alpaca prompt around the text
-            text = (f"task {i}: " + " ".join(words[(i + k) % len(words)] for k in range(chars)))[:chars]
-            cut = int(0.3 * chars)
-            f.write(json.dumps({"instruction": text[:cut], "input": "", "output": text[cut:]}) + "\n")
 
 
 def build_model(shape: tuple[int, ...], cfg: Config, device: Any, work: Path) -> Any:

@@ -1,5 +1,6 @@
 """benchmarks/train_throughput.py's CPU mode, the part the suite can check: Alpaca-like lengths, and one
-configuration of each kind (a fixed recipe, llamabrew's fast path) measured in-process on the tiny shape."""
+configuration of each kind (a fixed recipe, llamabrew's fast path) measured in-process on the tiny shape, and
+the Alpaca-like data it and gpu_train_check.py share (benchmarks/alpaca_like.py)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,9 @@ def bench():
 
 
 def test_lengths_are_alpaca_like(bench) -> None:
-    lengths = bench.alpaca_like_lengths(5000)
+    from alpaca_like import alpaca_like_lengths  # benchmarks/alpaca_like.py, on the path once the benchmark loads
+
+    lengths = alpaca_like_lengths(5000)
     assert min(lengths) >= 60 and max(lengths) <= 1024
     assert 140 <= statistics.median(lengths) <= 160
     assert sum(n > 400 for n in lengths) > 20  # a long tail, as real instruction data has
