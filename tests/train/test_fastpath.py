@@ -106,7 +106,7 @@ def test_only_the_chosen_layers_recompute_and_the_gradients_do_not_change(tiny_m
     from llamabrew.recipe import OptimConfig
     from llamabrew.train.sft import attach_lora
 
-    batch = PaddedBatcher(0).batch(fastpath_examples(), OptimConfig(micro_batch_size=4, seed=0), 0)
+    batch = PaddedBatcher(0).batch(masked_examples((12, 30, 7, 21), seed=3), OptimConfig(micro_batch_size=4, seed=0), 0)
     grads, calls = {}, {}
     for layers in (0, 1, None):
         torch.manual_seed(0)
@@ -233,15 +233,10 @@ def test_compiled_layers_with_checkpointing_and_varlen_rows_give_the_eager_losse
     from torch._dynamo.utils import counters
     from transformers import AutoModelForCausalLM
 
-    from llamabrew.data.encode import IGNORE, Encoded
     from llamabrew.recipe import OptimConfig
     from llamabrew.train.sft import attach_lora
 
-    gen = torch.Generator().manual_seed(1)
-    data = []
-    for n in (9, 30, 14, 22, 5, 40, 17, 12, 26, 8, 33, 19):
-        ids = torch.randint(3, 400, (n,), generator=gen).tolist()
-        data.append(Encoded(ids, [IGNORE] * (n // 3) + ids[n // 3:]))
+    data = masked_examples((9, 30, 14, 22, 5, 40, 17, 12, 26, 8, 33, 19), seed=1)
     losses = []
     for compiled in (False, True):
         torch.manual_seed(0)
@@ -266,12 +261,13 @@ def test_compiled_layers_with_checkpointing_and_varlen_rows_give_the_eager_losse
     assert losses[1] == pytest.approx(losses[0], rel=1e-4)
 
 
-def fastpath_examples() -> list:
+def masked_examples(lengths: tuple[int, ...], seed: int) -> list:
+    """Random token ids of these lengths, the first third of each a masked prompt."""
     from llamabrew.data.encode import IGNORE, Encoded
 
-    gen = torch.Generator().manual_seed(3)
+    gen = torch.Generator().manual_seed(seed)
     out = []
-    for n in (12, 30, 7, 21):
+    for n in lengths:
         ids = torch.randint(3, 400, (n,), generator=gen).tolist()
         out.append(Encoded(ids, [IGNORE] * (n // 3) + ids[n // 3:]))
     return out

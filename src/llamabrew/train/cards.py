@@ -1,7 +1,7 @@
 """The cards `llamabrew plan` prices a run on: memory, peak bf16 throughput, a typical hourly price, and the
 model-FLOPs utilisation (MFU) assumed where no run on that card has been measured.
 
-Every figure here is an assumption written down, not a measurement:
+Every figure here is written down with where it comes from (an assumption unless it says measured):
 
 - **Memory**: what torch reports as usable (a little under the marketing figure).
 - **Peak bf16**: dense tensor-core TFLOP/s from the vendors' data sheets (no sparsity; the RTX 4090 with fp32

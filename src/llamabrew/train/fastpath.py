@@ -218,9 +218,9 @@ def limit_checkpointing(model: Any, fast: FastPath) -> int:
     """With ``fast.checkpointed_layers``, only the first that many decoder layers recompute (the others keep their
     activations); call after the adapters go on (QLoRA's preparation turns checkpointing on for every layer).
     Returns how many layers recompute."""
-    layers = decoder_layers(model)
     if not fast.gradient_checkpointing:
         return 0
+    layers = decoder_layers(model)
     keep = len(layers) if fast.checkpointed_layers is None else fast.checkpointed_layers
     for layer in layers[keep:]:
         layer.gradient_checkpointing = False  # transformers' GradientCheckpointingLayer reads this per layer

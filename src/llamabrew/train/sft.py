@@ -236,8 +236,8 @@ def fit_and_save(recipe: Recipe, model: Any, tokenizer: Any, template: Template,
     new_adapter = recipe.method == "lora" and not recipe.model.adapter  # a continued one keeps its targets
     chosen = resolve_defaults(recipe.optim, rate_of, model, batcher.micro_batches_per_epoch(train, recipe.optim),
                               recipe.lora if new_adapter else None, recipe.model.base)
-    recipe = recipe.model_copy(update={"optim": chosen.optim, "lora": chosen.lora or recipe.lora})  # the saved
-    # recipe repeats the run exactly
+    # the saved recipe repeats the run exactly: the rate, accumulation and targets as chosen
+    recipe = recipe.model_copy(update={"optim": chosen.optim, "lora": chosen.lora or recipe.lora})
     what = recipe.method if kind == "sft" else f"{kind} ({recipe.method})"
     print_plan(model, train, val, recipe.optim, batcher, device, threads, what=what, notes=chosen.notes,
                objective=objective, dtype=dtype, ranks=ranks.world, strategy=how,
