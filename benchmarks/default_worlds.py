@@ -61,6 +61,8 @@ def base_recall(base: Path, corpus: Path, held: list[Person], people: int = 60) 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from llamabrew.train.pretrain import running_text
+
     tok, model = AutoTokenizer.from_pretrained(base), AutoModelForCausalLM.from_pretrained(base).eval()
     docs = [d for d in re.split(r"\n\s*\n|\n", corpus.read_text()) if d.strip()]
     hits = total = 0
@@ -72,7 +74,7 @@ def base_recall(base: Path, corpus: Path, held: list[Person], people: int = 60) 
                 continue
             start = doc.index(person.name)
             prefix = doc[: start + doc[start:].index(value)].rstrip()
-            ids = tok(prefix[-400:], return_tensors="pt")
+            ids = tok(running_text(prefix[-400:]), return_tensors="pt")  # as pretraining read it
             with torch.no_grad():
                 out = model.generate(**ids, max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id)
             hits += value.lower() in tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).lower()

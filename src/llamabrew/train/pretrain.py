@@ -138,11 +138,21 @@ def count_params(cfg: Any) -> int:
         return sum(p.numel() for p in LlamaForCausalLM(cfg).parameters())
 
 
+def running_text(doc: str) -> str:
+    """A document as the middle of running text: with a space in front, so its first word is the same tokens as
+    that word inside a sentence (SentencePiece's dummy prefix). Byte-level BPE splits "Ann" and " Ann" into other
+    tokens; a name that starts most of its person's lines was then a stranger in a question ("Where does Ann
+    live?"): on the observatory world, held-out people named mid-line in at most one corpus line scored 20%,
+    those named so in three or more 95% (benchmarks/RESULTS.md)."""
+    return doc if doc.startswith(" ") else " " + doc
+
+
 def encode_corpus(docs: list[str], tokenizer: Any, seq_len: int) -> list[Encoded]:
-    """Each document as ``BOS text EOS`` (a longer one split into ``seq_len`` pieces, for unpacked batches).
-    No documents (an empty validation split) gives none."""
+    """Each document as ``BOS running_text EOS`` (a longer one split into ``seq_len`` pieces, for unpacked
+    batches). No documents (an empty validation split) gives none."""
     out: list[Encoded] = []
-    for ids in tokenizer(docs, add_special_tokens=True)["input_ids"] if docs else []:
+    texts = [running_text(d) for d in docs]
+    for ids in tokenizer(texts, add_special_tokens=True)["input_ids"] if docs else []:
         ids = [*ids, tokenizer.eos_token_id]
         out += [Encoded(ids[i : i + seq_len], ids[i : i + seq_len]) for i in range(0, len(ids), seq_len)
                 if len(ids[i : i + seq_len]) > 1]
@@ -219,7 +229,7 @@ def run(recipe: PretrainRecipe) -> Path:
     if recipe.resume and (out / "tokenizer.json").is_file():
         tokenizer = AutoTokenizer.from_pretrained(out)
     else:
-        tokenizer = train_bpe_tokenizer(docs, recipe.vocab_size)
+        tokenizer = train_bpe_tokenizer([running_text(d) for d in docs], recipe.vocab_size)
         tokenizer.chat_template = BASE_TEMPLATE.jinja  # what `--template auto` tunes the base with
         tokenizer.save_pretrained(out)
     order = list(range(len(docs)))
