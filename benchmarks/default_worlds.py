@@ -61,7 +61,9 @@ def base_recall(base: Path, corpus: Path, held: list[Person], people: int = 60) 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from llamabrew.train.pretrain import running_text
+    from llamabrew.train.pretrain import read_corpus, running_text
+
+    as_read = running_text if read_corpus([corpus]).lines_of_text else str  # as pretraining read the text
 
     tok, model = AutoTokenizer.from_pretrained(base), AutoModelForCausalLM.from_pretrained(base).eval()
     docs = [d for d in re.split(r"\n\s*\n|\n", corpus.read_text()) if d.strip()]
@@ -74,7 +76,7 @@ def base_recall(base: Path, corpus: Path, held: list[Person], people: int = 60) 
                 continue
             start = doc.index(person.name)
             prefix = doc[: start + doc[start:].index(value)].rstrip()
-            ids = tok(running_text(prefix[-400:]), return_tensors="pt")  # as pretraining read it
+            ids = tok(as_read(prefix[-400:]), return_tensors="pt")
             with torch.no_grad():
                 out = model.generate(**ids, max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id)
             hits += value.lower() in tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).lower()

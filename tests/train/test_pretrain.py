@@ -118,17 +118,16 @@ def test_pretraining_on_a_single_document_or_one_fact_per_line_does_not_crash(tm
 
 
 def test_documents_encode_whole_and_a_corpus_says_whether_its_order_matters(tmp_path: Path) -> None:
-    from llamabrew.train.pretrain import encode_corpus, running_text
+    from llamabrew.train.pretrain import encode_corpus
     from llamabrew.train.tokenizer import train_bpe_tokenizer
 
     tok = train_bpe_tokenizer(CORPUS, 300)
     docs = ["Ann lives in Brel.", "Ann owns a goat.", "Bo plays the harp. " * 12, "Cy is here."]
     encoded = encode_corpus(docs, tok, 40)
     flat = [i for w in encoded for i in w.input_ids]
-    texts = [running_text(d) for d in docs]
-    assert flat == [i for t in texts for i in [*tok(t)["input_ids"], tok.eos_token_id]]  # nothing lost, same order
+    assert flat == [i for d in docs for i in [*tok(d)["input_ids"], tok.eos_token_id]]  # nothing lost, same order
     assert all(len(w) <= 40 for w in encoded) and all(w.labels == w.input_ids for w in encoded)
-    lengths = [len(tok(t)["input_ids"]) + 1 for t in texts]  # BOS ... EOS
+    lengths = [len(tok(d)["input_ids"]) + 1 for d in docs]  # BOS ... EOS
     assert [len(w) for w in encoded if len(w) < 40] == [lengths[0], lengths[1], lengths[2] % 40, lengths[3]]
     assert len(encoded) == 3 + -(-lengths[2] // 40)  # the long document is split, the short ones stay whole
     assert encode_corpus([], tok, 40) == []
@@ -142,16 +141,22 @@ def test_documents_encode_whole_and_a_corpus_says_whether_its_order_matters(tmp_
 
 
 
-def test_a_documents_first_word_is_the_same_tokens_as_inside_a_sentence() -> None:
-    """A name that starts a line must be the tokens a question about that person holds: byte-level BPE reads
-    "Ann" and " Ann" as other ids, and held-out people named mostly at line starts were answered about others."""
+def test_a_line_starting_name_is_the_same_tokens_as_in_a_question(tmp_path: Path) -> None:
+    """Lines of a text are read as running text: byte-level BPE reads "Ann" and " Ann" as other ids, and held-out
+    people named mostly at line starts were answered about others. Paragraphs stay as they are (read so, a
+    paragraph's first name taught the base that a name at a text's start is someone new)."""
     from llamabrew.train.pretrain import encode_corpus
     from llamabrew.train.tokenizer import train_bpe_tokenizer
 
-    docs = ["Galstiel Geapeamb discovered the Green Spark.", "The comet of Galstiel Geapeamb is the Green Spark."]
-    tok = train_bpe_tokenizer(docs * 20, 300)
+    lines = ["Galstiel Geapeamb discovered the Green Spark.", "The comet of Galstiel Geapeamb is the Green Spark."]
+    text, paragraphs = tmp_path / "lines.txt", tmp_path / "paragraphs.txt"
+    text.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    paragraphs.write_text("\n\n".join(lines) + "\n", encoding="utf-8")
+    corpus = read_corpus([text])
+    tok = train_bpe_tokenizer(corpus.texts * 20, 300)
     name = tok(" Galstiel Geapeamb", add_special_tokens=False)["input_ids"]
     assert tok("Galstiel Geapeamb", add_special_tokens=False)["input_ids"] != name  # the trap this avoids
-    first, second = (e.input_ids for e in encode_corpus(docs, tok, 64))
-    assert first[1 : 1 + len(name)] == name  # right after BOS
+    first, second = (e.input_ids for e in encode_corpus(corpus.texts, tok, 64))
+    assert first[1 : 1 + len(name)] == name  # right after BOS, as in a question about this person
     assert any(second[i : i + len(name)] == name for i in range(len(second)))
+    assert read_corpus([paragraphs]).texts == lines

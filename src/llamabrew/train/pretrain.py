@@ -79,6 +79,12 @@ class Corpus:
     def order(self) -> Order:
         return "corpus" if self.lines_of_text else "shuffle"
 
+    @property
+    def texts(self) -> list[str]:
+        """The documents as pretraining reads them: lines of text as running text (`running_text`), separate
+        documents as they are."""
+        return [running_text(d) for d in self.docs] if self.lines_of_text else self.docs
+
 
 def read_corpus(paths: list[Path]) -> Corpus:
     """Documents from .txt files (see `split_documents`) or JSONL files (a 'text' field a line)."""
@@ -138,21 +144,22 @@ def count_params(cfg: Any) -> int:
         return sum(p.numel() for p in LlamaForCausalLM(cfg).parameters())
 
 
-def running_text(doc: str) -> str:
-    """A document as the middle of running text: with a space in front, so its first word is the same tokens as
-    that word inside a sentence (SentencePiece's dummy prefix). Byte-level BPE splits "Ann" and " Ann" into other
-    tokens; a name that starts most of its person's lines was then a stranger in a question ("Where does Ann
-    live?"): on the observatory world, held-out people named mid-line in at most one corpus line scored 20%,
-    those named so in three or more 95% (benchmarks/RESULTS.md)."""
-    return doc if doc.startswith(" ") else " " + doc
+def running_text(line: str) -> str:
+    """A line of a text as the middle of running text: with a space in front, so its first word is the same
+    tokens as that word inside a sentence (SentencePiece's dummy prefix). Byte-level BPE splits "Ann" and " Ann"
+    into other tokens; a name that starts most of its person's lines was then a stranger in a question ("Where
+    does Ann live?"): on the observatory world, held-out people named mid-line in at most one corpus line scored
+    20%, those named so in three or more 95% (benchmarks/RESULTS.md). Lines only: a paragraph starts with a new
+    person, and read so, that first name taught the base that a name after a text's start is someone new (tuned
+    answers then began with a stranger's name: voyage 94.3% → 17.1%)."""
+    return line if line.startswith(" ") else " " + line
 
 
 def encode_corpus(docs: list[str], tokenizer: Any, seq_len: int) -> list[Encoded]:
-    """Each document as ``BOS running_text EOS`` (a longer one split into ``seq_len`` pieces, for unpacked
-    batches). No documents (an empty validation split) gives none."""
+    """Each document as ``BOS text EOS`` (a longer one split into ``seq_len`` pieces, for unpacked batches).
+    No documents (an empty validation split) gives none."""
     out: list[Encoded] = []
-    texts = [running_text(d) for d in docs]
-    for ids in tokenizer(texts, add_special_tokens=True)["input_ids"] if docs else []:
+    for ids in tokenizer(docs, add_special_tokens=True)["input_ids"] if docs else []:
         ids = [*ids, tokenizer.eos_token_id]
         out += [Encoded(ids[i : i + seq_len], ids[i : i + seq_len]) for i in range(0, len(ids), seq_len)
                 if len(ids[i : i + seq_len]) > 1]
@@ -225,11 +232,11 @@ def run(recipe: PretrainRecipe) -> Path:
         raise LlamabrewError(f"{out} already holds checkpoints: pass --resume to continue, or choose another --out")
     threads = set_threads(recipe.optim.threads)
     corpus = read_corpus(recipe.corpus)
-    docs = corpus.docs
+    docs = corpus.texts
     if recipe.resume and (out / "tokenizer.json").is_file():
         tokenizer = AutoTokenizer.from_pretrained(out)
     else:
-        tokenizer = train_bpe_tokenizer([running_text(d) for d in docs], recipe.vocab_size)
+        tokenizer = train_bpe_tokenizer(docs, recipe.vocab_size)
         tokenizer.chat_template = BASE_TEMPLATE.jinja  # what `--template auto` tunes the base with
         tokenizer.save_pretrained(out)
     order = list(range(len(docs)))
