@@ -36,10 +36,10 @@ def test_small_data_takes_smaller_steps_rather_than_too_few() -> None:
     cfg = OptimConfig()  # micro-batches of 4 examples
     assert default_grad_accum(52_000 // 4, cfg) == 8  # Alpaca-sized data keeps batches of 32
     assert default_grad_accum(36, cfg) == 1  # the real-model case, 142 examples: 15 steps at batch 32, 108 at 4
-    middle = default_grad_accum(900 // 4, cfg)
+    middle = default_grad_accum(1800 // 4, cfg)
     assert 1 < middle < 8
-    assert total_steps(900, cfg.model_copy(update={"grad_accum": middle})) >= MIN_STEPS
-    assert total_steps(900, cfg.model_copy(update={"grad_accum": middle + 1})) < MIN_STEPS
+    assert total_steps(1800, cfg.model_copy(update={"grad_accum": middle})) >= MIN_STEPS
+    assert total_steps(1800, cfg.model_copy(update={"grad_accum": middle + 1})) < MIN_STEPS
 
 
 def test_resolve_fills_only_what_the_recipe_left_unset() -> None:

@@ -18,7 +18,9 @@ unset:
   99.6 → 100%), then on an eighth world made to judge it (observatory 82.0 → 84.3%; ``benchmarks/RESULTS.md``).
 - **gradient accumulation** is the largest of 8, 7, ..., 1 micro-batches per step that still gives the run
   ``MIN_STEPS`` optimizer steps: large data keeps alpaca-lora's batch of 32, small data takes smaller steps
-  rather than too few of them.
+  rather than too few of them. 400, not 200: at 225 steps (accumulation 4) a world's adapter confused three
+  question forms that differ in one word ("What is the pest of X?" answered with X's queen) and scored 85.9%;
+  at 447 steps of 2, the same examples and time, 98.2%, and the other worlds held (``benchmarks/RESULTS.md``).
 
 ``benchmarks/default_worlds.py`` measures these rules on worlds they were not chosen on.
 """
@@ -37,7 +39,7 @@ REFERENCE_LR = {"lora": 3e-4, "full": 2e-5, "dpo": 6e-5, "grpo": 6e-5}
 LR_RANGE = {"lora": (5e-5, 3e-3), "full": (5e-6, 1e-3), "dpo": (1e-5, 6e-4), "grpo": (1e-5, 6e-4)}
 ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]  # the projections of the LLaMA bases pretrain makes
 MAX_GRAD_ACCUM = 8
-MIN_STEPS = 200
+MIN_STEPS = 400
 
 
 @dataclass
