@@ -250,8 +250,9 @@ def run(recipe: PretrainRecipe) -> Path:
     dtype = pick_dtype(recipe.optim.precision, device)
     plan = plan_model(train, tokenizer, recipe, batcher, device, dtype)
     layout = (f"windows of {recipe.seq_len} tokens, "
-              + ("lines packed whole, fixed windows and re-laid runs in turn" if corpus.order == "corpus"
-                 else "documents reshuffled into a new stream each epoch") if recipe.pack else "one document per row")
+              + ("lines read as running text, packed whole, fixed windows and re-laid runs in turn"
+                 if corpus.order == "corpus" else "documents reshuffled into a new stream each epoch")
+              if recipe.pack else "one document per row")
     log.info(
         f"plan pretraining: LLaMA {plan.params / 1e6:.2f}M parameters (hidden {plan.hidden}, "
         f"{plan.layers} layers) on {device.type} ({threads} threads) · corpus {len(docs)} documents, "
