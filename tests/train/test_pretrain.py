@@ -139,8 +139,6 @@ def test_documents_encode_whole_and_a_corpus_says_whether_its_order_matters(tmp_
     assert read_corpus([lines, records]).order == "shuffle" and len(read_corpus([lines, records]).docs) == 3
 
 
-
-
 def test_a_line_starting_name_is_the_same_tokens_as_in_a_question(tmp_path: Path) -> None:
     """Lines of a text are read as running text: byte-level BPE reads "Ann" and " Ann" as other ids, and held-out
     people named mostly at line starts were answered about others. Paragraphs stay as they are (read so, a
